@@ -1,0 +1,12 @@
+"""Benchmark set-up: record torch's version and the device beside pytest-benchmark's machine info."""
+
+from __future__ import annotations
+
+import torch
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["torch_version"] = torch.__version__
+    machine_info["num_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        machine_info["gpu"] = torch.cuda.get_device_name()

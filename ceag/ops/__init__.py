@@ -1,0 +1,22 @@
+"""The fused ops, one API over every backend ("cpp", "triton", "cuda", "reference").
+
+The backend follows the inputs' device unless a ``backend=`` argument or ``$CEAG_BACKEND``
+names one (see :func:`ceag.ops._backend.resolve_backend`).
+"""
+
+from ceag.ops import reference
+from ceag.ops._backend import BACKENDS, resolve_backend
+from ceag.ops.group_cross_entropy import GroupCrossEntropy, group_cross_entropy
+from ceag.ops.masked_linear import MaskLayout, masked_linear
+from ceag.ops.replay_buffer import replay_buffer_update
+
+__all__ = [
+    "BACKENDS",
+    "GroupCrossEntropy",
+    "MaskLayout",
+    "group_cross_entropy",
+    "masked_linear",
+    "reference",
+    "replay_buffer_update",
+    "resolve_backend",
+]

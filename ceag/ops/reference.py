@@ -1,0 +1,67 @@
+"""Plain-PyTorch references: the readable specification every backend is tested against.
+
+Each function is differentiable through ordinary autograd and makes no claim to speed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_linear(
+    x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = x @ (weight * mask).T + bias, for x of shape [..., K]."""
+    return F.linear(x, weight * mask.to(weight.dtype), bias)
+
+
+def group_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-group cross-entropy sums and accuracy counts.
+
+    Returns ``(loss_sum[G] float32, correct[G] int64, count[G] int64, sample_correct[N] bool)``.
+    Samples whose target equals ``ignore_index`` count nowhere and are never correct.
+    """
+    keep = target != ignore_index
+    safe_target = torch.where(keep, target, torch.zeros_like(target))
+    loss = F.cross_entropy(
+        logits.float(), safe_target, reduction="none", label_smoothing=label_smoothing
+    )
+    loss = torch.where(keep, loss, torch.zeros_like(loss))
+    g = group.long()
+    loss_sum = torch.zeros(num_groups, dtype=torch.float32, device=logits.device)
+    loss_sum = loss_sum.index_add(0, g, loss)
+    if logits.shape[0] > 0:
+        sample_correct = (logits.argmax(dim=1) == target) & keep
+    else:
+        sample_correct = torch.zeros(0, dtype=torch.bool, device=logits.device)
+    correct = torch.bincount(g[sample_correct], minlength=num_groups)[:num_groups]
+    count = torch.bincount(g[keep], minlength=num_groups)[:num_groups]
+    return loss_sum, correct.long(), count.long(), sample_correct
+
+
+def replay_buffer_update_(
+    buffer: torch.Tensor,
+    head: torch.Tensor,
+    fill: torch.Tensor,
+    group: torch.Tensor,
+    values: torch.Tensor,
+) -> None:
+    """Push ``values[i]`` into ring buffer ``buffer[group[i]]`` in batch order, in place.
+
+    ``head[g]`` is the slot the next value of group g goes to; ``fill[g]`` how many slots hold
+    values (at most k). A group with more than k samples in the batch keeps its newest k.
+    """
+    k = buffer.shape[1]
+    for g, v in zip(group.tolist(), values.tolist()):
+        buffer[g, head[g]] = v
+        head[g] = (head[g] + 1) % k
+        fill[g] = min(int(fill[g]) + 1, k)

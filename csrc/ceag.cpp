@@ -1,0 +1,51 @@
+// Op schemas for the ceag library. Kernels register per dispatch key in csrc/cpu/ and
+// csrc/cuda/; autograd and fake (meta) kernels are registered from Python (ceag/ops/).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import ceag._C` only needs to load this library so that the registrations below run.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(ceag, m) {
+  // y = x @ (weight * mask).T + bias. x is [B, K]. csr_ptr/csr_idx: the mask's kept
+  // positions by output row (int32); when given, the CPU kernel takes its sparse path.
+  m.def(
+      "masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias, "
+      "Tensor? csr_ptr, Tensor? csr_idx) -> Tensor");
+  // grad_x = grad_y @ (weight * mask). csc_ptr/csc_idx: kept positions by input column.
+  m.def(
+      "masked_linear_grad_input(Tensor grad_y, Tensor weight, Tensor mask, "
+      "Tensor? csc_ptr, Tensor? csc_idx) -> Tensor");
+  // grad_weight = (grad_y.T @ x) * mask, computed only at kept positions on the sparse path.
+  m.def(
+      "masked_linear_grad_weight(Tensor grad_y, Tensor x, Tensor mask, "
+      "Tensor? csr_ptr, Tensor? csr_idx) -> Tensor");
+
+  // One pass over logits [N, C]: per-group loss sums (float32), correct and count (int64),
+  // per-sample correctness (bool) and the row logsumexp (float32, saved for backward).
+  m.def(
+      "group_cross_entropy(Tensor logits, Tensor target, Tensor group, int num_groups, "
+      "float label_smoothing, int ignore_index) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // grad_logits[i] = (softmax_i - smoothed onehot_i) * grad_loss_sum[group[i]].
+  m.def(
+      "group_cross_entropy_backward(Tensor grad_loss_sum, Tensor logits, Tensor target, "
+      "Tensor group, Tensor lse, float label_smoothing, int ignore_index) -> Tensor");
+  // The forward above plus the gradient of sum_g group_weight[g] * loss_sum[g] written in
+  // the same pass (one read of the logits in training instead of three). Returns
+  // (loss_sum, correct, count, sample_correct, lse, grad_logits).
+  m.def(
+      "weighted_group_cross_entropy(Tensor logits, Tensor target, Tensor group, "
+      "Tensor group_weight, float label_smoothing, int ignore_index) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Per-group ring buffers [G, k]: push values[i] into buffer[group[i]] in batch order.
+  // head[G] (next write slot) and fill[G] (entries held, at most k) are int64.
+  m.def(
+      "replay_buffer_update_(Tensor(a!) buffer, Tensor(b!) head, Tensor(c!) fill, "
+      "Tensor group, Tensor values) -> ()");
+}
