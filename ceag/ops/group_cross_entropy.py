@@ -1,1 +1,314 @@
-# stub
+"""Segmented per-group cross-entropy and accuracy in one pass over the logits.
+
+``group_cross_entropy(logits, target, group, num_groups)`` returns, for logits [N, C]:
+
+- ``loss_sum[G]``: sum of the per-sample cross-entropy of each group (differentiable),
+- ``correct[G]`` / ``count[G]`` (int64): samples of the group whose argmax equals the target,
+  and samples of the group,
+- ``sample_correct[N]`` (bool): the per-sample correctness bits the replay buffers take,
+- ``weighted_loss``: ``sum_g group_weight[g] * loss_sum[g]`` when ``group_weight`` is given.
+
+Samples whose target is ``ignore_index`` count nowhere and are never correct. ``loss_sum`` is
+float32 (float64 for float64 logits, so that gradcheck works). With ``group_weight`` and
+logits that require grad, the kernel writes the gradient of ``weighted_loss`` during the
+forward sweep, and ``weighted_loss.backward()`` only scales that saved gradient: one read of
+the logits per training step instead of three. ``loss_sum`` stays differentiable either way.
+
+Backends ("cpp", "cuda", "triton", "reference") share the schemas of csrc/ceag.cpp; the
+autograd formulas and fake kernels are registered once per op family by
+:func:`register_group_cross_entropy_autograd`, which the Triton module calls for its ops.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ceag.ops import reference
+from ceag.ops._backend import resolve_backend
+from ceag.ops._checks import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_tensor
+
+__all__ = ["GroupCrossEntropy", "group_cross_entropy", "register_group_cross_entropy_autograd"]
+
+
+class GroupCrossEntropy(NamedTuple):
+    loss_sum: Tensor
+    correct: Tensor
+    count: Tensor
+    sample_correct: Tensor
+    weighted_loss: Tensor | None = None
+
+
+def _acc_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _qualname(op: Any) -> str:
+    if isinstance(op, str):
+        return op
+    if isinstance(op, torch._ops.OpOverload):
+        return op._schema.name
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return op._qualified_op_name
+    name = getattr(op, "_name", None)  # torch.library.custom_op / triton_op objects
+    if isinstance(name, str):
+        return name
+    raise TypeError(f"expected a torch op or its qualified name, got {op!r}")
+
+
+def _resolve(op: Any):
+    """The callable OpOverload of ``op`` (a packet, an overload, a custom-op object or a name)."""
+    if isinstance(op, torch._ops.OpOverload):
+        return op
+    ns, name = _qualname(op).split("::")
+    return getattr(getattr(torch.ops, ns), name).default
+
+
+# ---------------------------------------------------------------------------------------
+# Fake kernels (shape/dtype propagation for torch.compile) and autograd formulas.
+# ---------------------------------------------------------------------------------------
+
+
+def _fake_forward(logits, target, group, num_groups, label_smoothing, ignore_index):
+    n = logits.shape[0]
+    acc = _acc_dtype(logits)
+    return (
+        logits.new_empty((num_groups,), dtype=acc),
+        logits.new_empty((num_groups,), dtype=torch.int64),
+        logits.new_empty((num_groups,), dtype=torch.int64),
+        logits.new_empty((n,), dtype=torch.bool),
+        logits.new_empty((n,), dtype=acc),
+    )
+
+
+def _fake_backward(grad_loss_sum, logits, target, group, lse, label_smoothing, ignore_index):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _fake_weighted(logits, target, group, group_weight, label_smoothing, ignore_index):
+    out = _fake_forward(logits, target, group, group_weight.shape[0], label_smoothing, ignore_index)
+    return (*out, torch.empty_like(logits, memory_format=torch.contiguous_format))
+
+
+_REGISTERED: set[str] = set()
+
+
+def register_group_cross_entropy_autograd(
+    forward_op: Any, backward_op: Any, weighted_op: Any, *, fake: bool = True
+) -> None:
+    """Register autograd (and, unless ``fake=False``, fake kernels) for one backend's ops.
+
+    The three ops must have the schemas of ``ceag::group_cross_entropy``,
+    ``ceag::group_cross_entropy_backward`` and ``ceag::weighted_group_cross_entropy``
+    (csrc/ceag.cpp); ``loss_sum`` and ``lse`` are float32, or float64 for float64 logits.
+    Ops may be given as ``torch.ops.ceag.x``, an overload, a custom-op object or "ceag::x".
+    Idempotent: registering the same forward op twice is a no-op.
+
+    - ``loss_sum`` is differentiable through ``backward_op`` (the saved row logsumexp).
+    - The weighted op's ``grad_logits`` and every op's ``lse`` are non-differentiable
+      outputs; ``loss_sum`` of the weighted op is differentiable like the forward's.
+    - Gradients that are None (unused outputs) are never materialized as zeros.
+    """
+    fwd_name, bwd_name, w_name = _qualname(forward_op), _qualname(backward_op), _qualname(weighted_op)
+    if fwd_name in _REGISTERED:
+        return
+    backward = _resolve(backward_op)
+
+    if fake:
+        torch.library.register_fake(fwd_name, _fake_forward)
+        torch.library.register_fake(bwd_name, _fake_backward)
+        torch.library.register_fake(w_name, _fake_weighted)
+
+    def setup_forward(ctx, inputs, output):
+        logits, target, group, _num_groups, label_smoothing, ignore_index = inputs
+        lse = output[4]
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(logits, target, group, lse)
+        ctx.label_smoothing = label_smoothing
+        ctx.ignore_index = ignore_index
+
+    def backward_forward(ctx, grad_loss_sum, *_unused):
+        if grad_loss_sum is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        logits, target, group, lse = ctx.saved_tensors
+        grad = backward(
+            grad_loss_sum.contiguous(), logits, target, group, lse, ctx.label_smoothing, ctx.ignore_index
+        )
+        return grad, None, None, None, None, None
+
+    def setup_weighted(ctx, inputs, output):
+        logits, target, group, _group_weight, label_smoothing, ignore_index = inputs
+        lse, grad_logits = output[4], output[5]
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(lse, grad_logits)
+        ctx.save_for_backward(logits, target, group, lse)
+        ctx.label_smoothing = label_smoothing
+        ctx.ignore_index = ignore_index
+
+    # The gradient of weighted_loss does not come through here: it flows through
+    # ceag::_weighted_loss_from_grad, which scales the grad_logits this op wrote. Only a
+    # gradient of loss_sum itself (e.g. a per-group statistic used in a loss) costs a pass.
+    torch.library.register_autograd(fwd_name, backward_forward, setup_context=setup_forward)
+    torch.library.register_autograd(w_name, backward_forward, setup_context=setup_weighted)
+    _REGISTERED.add(fwd_name)
+
+
+# weighted_loss = sum_g w_g * loss_sum_g, whose gradient w.r.t. logits was already written by
+# the weighted forward (grad_logits): its backward is grad_out * grad_logits, no second sweep.
+# loss_sum enters only for the value (and the gradient w.r.t. group_weight); logits only to
+# connect the autograd graph.
+@torch.library.custom_op("ceag::_weighted_loss_from_grad", mutates_args=())
+def _weighted_loss_from_grad(
+    loss_sum: Tensor, group_weight: Tensor, logits: Tensor, grad_logits: Tensor
+) -> Tensor:
+    return (loss_sum * group_weight.to(loss_sum.dtype)).sum()
+
+
+@_weighted_loss_from_grad.register_fake
+def _(loss_sum, group_weight, logits, grad_logits):
+    return loss_sum.new_empty(())
+
+
+def _setup_weighted_loss(ctx, inputs, output):
+    loss_sum, group_weight, logits, grad_logits = inputs
+    ctx.save_for_backward(loss_sum, grad_logits)
+    ctx.weight_dtype = group_weight.dtype
+
+
+def _backward_weighted_loss(ctx, grad):
+    loss_sum, grad_logits = ctx.saved_tensors
+    grad_w = grad_x = None
+    if ctx.needs_input_grad[1]:
+        grad_w = (grad * loss_sum).to(ctx.weight_dtype)
+    if ctx.needs_input_grad[2]:
+        if not torch.compiler.is_compiling() and grad.device.type == "cpu" and grad.item() == 1.0:
+            # loss.backward(): the saved gradient is the answer; skip a pass over [N, C]. (Not
+            # scaled in place: the graph may be retained and run again.)
+            grad_x = grad_logits
+        else:
+            grad_x = grad_logits * grad.to(grad_logits.dtype)
+    return None, grad_w, grad_x, None
+
+
+_weighted_loss_from_grad.register_autograd(_backward_weighted_loss, setup_context=_setup_weighted_loss)
+
+register_group_cross_entropy_autograd(
+    torch.ops.ceag.group_cross_entropy,
+    torch.ops.ceag.group_cross_entropy_backward,
+    torch.ops.ceag.weighted_group_cross_entropy,
+)
+
+
+def _triton_ops():
+    import ceag.kernels.group_cross_entropy  # noqa: F401  (registers the *_triton ops)
+
+    ops = (
+        torch.ops.ceag.group_cross_entropy_triton,
+        torch.ops.ceag.group_cross_entropy_backward_triton,
+        torch.ops.ceag.weighted_group_cross_entropy_triton,
+    )
+    register_group_cross_entropy_autograd(*ops)  # no-op when the Triton module already did
+    return ops
+
+
+def _ops_for(backend: str):
+    if backend == "triton":
+        return _triton_ops()
+    # "cpp" and "cuda": the same ops; the dispatcher picks the kernel by device.
+    return (
+        torch.ops.ceag.group_cross_entropy,
+        torch.ops.ceag.group_cross_entropy_backward,
+        torch.ops.ceag.weighted_group_cross_entropy,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------
+
+
+def _validate(logits, target, group, num_groups, label_smoothing, ignore_index, group_weight):
+    check_tensor("logits", logits, dim=2, dtypes=FLOAT_DTYPES)
+    device = logits.device
+    n, c = logits.shape
+    if c < 1:
+        raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
+    for name, t in (("target", target), ("group", group)):
+        check_tensor(name, t, dim=1, dtypes=INDEX_DTYPES, device=device)
+        if t.shape[0] != n:
+            raise ValueError(f"{name} must have length N={n} (logits.shape[0]), got {t.shape[0]}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, torch.SymInt)):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if group_weight is not None:
+        check_tensor("group_weight", group_weight, dim=1, dtypes=FLOAT_DTYPES, device=device)
+        if group_weight.shape[0] != num_groups:
+            raise ValueError(
+                f"group_weight must have length num_groups={num_groups}, got {group_weight.shape[0]}"
+            )
+
+
+def group_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    group: Tensor,
+    num_groups: int,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    group_weight: Tensor | None = None,
+    backend: str | None = None,
+) -> GroupCrossEntropy:
+    """Per-group cross-entropy sums and accuracy counts of ``logits`` [N, C] in one sweep.
+
+    Args:
+        logits: [N, C] float32, float64, bfloat16 or float16 (accumulated in fp32 or fp64).
+        target: [N] int64/int32 class ids in [0, C), or ``ignore_index``.
+        group: [N] int64/int32 group ids in [0, num_groups).
+        num_groups: G >= 1; groups absent from the batch get zeros.
+        label_smoothing: in [0, 1], as in ``torch.nn.functional.cross_entropy``.
+        ignore_index: target value of samples that count nowhere.
+        group_weight: optional [G] weights; adds ``weighted_loss = sum_g w_g loss_sum_g``,
+            whose gradient the forward writes in the same sweep.
+        backend: "cpp", "cuda", "triton" or "reference"; default by device / $CEAG_BACKEND.
+    """
+    _validate(logits, target, group, num_groups, label_smoothing, ignore_index, group_weight)
+    label_smoothing = float(label_smoothing)
+    chosen = resolve_backend(backend, logits.device)
+    if chosen != "cpp" and not torch.compiler.is_compiling():
+        # The C++ CPU kernels check the ranges themselves during their sweep.
+        check_index_range("target", target, logits.shape[1], allow=ignore_index)
+        check_index_range("group", group, num_groups)
+
+    if chosen == "reference":
+        loss_sum, correct, count, sample_correct = reference.group_cross_entropy(
+            logits, target, group, num_groups, label_smoothing=label_smoothing, ignore_index=ignore_index
+        )
+        weighted = None
+        if group_weight is not None:
+            weighted = (loss_sum * group_weight.to(loss_sum.dtype)).sum()
+        return GroupCrossEntropy(loss_sum, correct, count, sample_correct, weighted)
+
+    forward_op, _backward_op, weighted_op = _ops_for(chosen)
+    if group_weight is not None and torch.is_grad_enabled() and logits.requires_grad:
+        loss_sum, correct, count, sample_correct, _lse, grad_logits = weighted_op(
+            logits, target, group, group_weight, label_smoothing, ignore_index
+        )
+        weighted = torch.ops.ceag._weighted_loss_from_grad(loss_sum, group_weight, logits, grad_logits)
+        return GroupCrossEntropy(loss_sum, correct, count, sample_correct, weighted)
+
+    loss_sum, correct, count, sample_correct, _lse = forward_op(
+        logits, target, group, num_groups, label_smoothing, ignore_index
+    )
+    weighted = None
+    if group_weight is not None:
+        weighted = (loss_sum * group_weight.to(loss_sum.dtype)).sum()
+    return GroupCrossEntropy(loss_sum, correct, count, sample_correct, weighted)

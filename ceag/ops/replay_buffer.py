@@ -1,1 +1,87 @@
-# stub
+"""Per-group ring buffers of recent per-sample values (CEAG's replay buffers).
+
+``replay_buffer_update(buffer, head, fill, group, values)`` pushes ``values[i]`` into row
+``group[i]`` of ``buffer`` [G, k], in batch order and in place: a group with more than k
+samples in the batch keeps its newest k. ``head[g]`` is the slot the next value of group g
+goes to and ``fill[g]`` how many slots hold values (at most k); both are int64 [G] and are
+updated in place. Returns ``fill`` so that callers see which buffers are full (``fill == k``).
+No Python loop over groups or samples on any backend but "reference".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ceag.ops import reference
+from ceag.ops._backend import resolve_backend
+from ceag.ops._checks import INDEX_DTYPES, check_index_range, check_tensor
+
+__all__ = ["replay_buffer_update"]
+
+BUFFER_DTYPES = (torch.bool, torch.uint8, torch.float32, torch.float64)
+
+
+@torch.library.register_fake("ceag::replay_buffer_update_")
+def _fake_replay_buffer_update_(buffer, head, fill, group, values):
+    return None
+
+
+def _triton_op():
+    import ceag.kernels.replay_buffer  # noqa: F401  (registers ceag::replay_buffer_update_triton_)
+
+    return torch.ops.ceag.replay_buffer_update_triton_
+
+
+def _validate(buffer, head, fill, group, values) -> Tensor:
+    check_tensor("buffer", buffer, dim=2, dtypes=BUFFER_DTYPES)
+    device = buffer.device
+    num_groups, k = buffer.shape
+    if k < 1:
+        raise ValueError(f"buffer must have k >= 1 slots per group, got shape {tuple(buffer.shape)}")
+    for name, t in (("head", head), ("fill", fill)):
+        check_tensor(name, t, dim=1, dtypes=(torch.int64,), device=device)
+        if t.shape[0] != num_groups:
+            raise ValueError(f"{name} must have length num_groups={num_groups}, got {t.shape[0]}")
+    check_tensor("group", group, dim=1, dtypes=INDEX_DTYPES, device=device)
+    check_tensor("values", values, dim=1, device=device)
+    if values.shape[0] != group.shape[0]:
+        raise ValueError(f"values must have length N={group.shape[0]} (group's), got {values.shape[0]}")
+    if values.dtype != buffer.dtype:
+        # Correctness bits go into any buffer; anything else must match the buffer exactly.
+        if values.dtype != torch.bool:
+            raise TypeError(f"values must have the buffer's dtype {buffer.dtype} (or bool), got {values.dtype}")
+        values = values.to(buffer.dtype)
+    return values
+
+
+def replay_buffer_update(
+    buffer: Tensor,
+    head: Tensor,
+    fill: Tensor,
+    group: Tensor,
+    values: Tensor,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Push ``values`` into the ring buffers of their ``group`` (in place); return ``fill``.
+
+    Args:
+        buffer: [G, k] bool, uint8, float32 or float64, k >= 1; updated in place.
+        head: [G] int64, next write slot of each group; updated in place.
+        fill: [G] int64, entries held by each group (at most k); updated in place.
+        group: [N] int64/int32 group ids in [0, G).
+        values: [N] of the buffer's dtype (bool values are accepted for any buffer).
+        backend: "cpp", "cuda", "triton" or "reference"; default by device / $CEAG_BACKEND.
+    """
+    values = _validate(buffer, head, fill, group, values)
+    chosen = resolve_backend(backend, buffer.device)
+    if chosen != "cpp" and not torch.compiler.is_compiling():
+        check_index_range("group", group, buffer.shape[0])  # the C++ kernel checks its own
+    if chosen == "reference":
+        reference.replay_buffer_update_(buffer, head, fill, group, values)
+    elif chosen == "triton":
+        _triton_op()(buffer, head, fill, group, values)
+    else:
+        torch.ops.ceag.replay_buffer_update_(buffer, head, fill, group, values)
+    return fill

@@ -1,0 +1,347 @@
+// CPU kernels of the masked linear ops: y = x @ (W*M).T + b and its two gradients.
+//
+// Two paths per op, chosen by the caller (ceag/ops/masked_linear.py):
+//  * sparse, when the compressed layout is given (int32 CSR by output row for the forward and
+//    grad_weight, CSC by input column for grad_input): O(nnz * B) work, W*M never built.
+//    The batch is transposed once into a zero-padded fp32/fp64 buffer [rows, Bp] so every
+//    kept weight multiplies a contiguous run of the batch. Work is split into tiles of
+//    kRowTile output rows x kVB batch columns (at::parallel_for over tiles); each output
+//    row's kVB accumulators stay in registers while its kept entries stream past, and the
+//    tile is written back transposed, one cache line per batch row.
+//    grad_weight is an SDDMM: one dot product over the batch per kept position, zeros
+//    elsewhere (written row by row inside the parallel loop).
+//  * dense, when the layout is absent (high density): ATen GEMMs on W*M; grad_weight is
+//    masked afterwards so it is exactly zero where the mask is 0.
+// bf16/fp16 inputs accumulate in fp32 (at::opmath_type), fp64 in fp64.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+
+namespace ceag {
+namespace {
+
+constexpr int64_t kVB = 64;      // batch columns per tile: 64 fp32 accumulators = 4 zmm
+constexpr int64_t kRowTile = 16;  // output rows per tile: 16 fp32 = one cache line per batch row
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// [B, R] -> [R, Bp] in the accumulation dtype, columns B..Bp zero.
+at::Tensor transpose_padded(const at::Tensor& a, at::ScalarType acc_type, int64_t Bp) {
+  const int64_t B = a.size(0), R = a.size(1);
+  at::Tensor out = at::empty({R, Bp}, a.options().dtype(acc_type));
+  if (Bp > B) out.narrow(1, B, Bp - B).zero_();
+  if (B > 0 && R > 0) out.narrow(1, 0, B).copy_(a.t());
+  return out;
+}
+
+void check_layout(const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
+                  const at::Tensor& idx, int64_t rows) {
+  TORCH_CHECK(ptr.device().is_cpu() && idx.device().is_cpu(), ptr_name, " and ", idx_name,
+              " must be CPU tensors");
+  TORCH_CHECK(ptr.scalar_type() == at::kInt, ptr_name, " must be int32, got ", ptr.scalar_type());
+  TORCH_CHECK(idx.scalar_type() == at::kInt, idx_name, " must be int32, got ", idx.scalar_type());
+  TORCH_CHECK(ptr.dim() == 1 && ptr.size(0) == rows + 1, ptr_name, " must have shape [", rows + 1,
+              "], got ", ptr.sizes());
+  TORCH_CHECK(idx.dim() == 1, idx_name, " must be 1-D, got ", idx.sizes());
+  TORCH_CHECK(ptr.is_contiguous() && idx.is_contiguous(), ptr_name, " and ", idx_name,
+              " must be contiguous");
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  TORCH_CHECK(p[0] == 0 && p[rows] == idx.size(0), ptr_name, " must start at 0 and end at ",
+              idx_name, ".numel() = ", idx.size(0), ", got [", p[0], ", ", p[rows], "]");
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(p[r] <= p[r + 1], ptr_name, " must be non-decreasing (row ", r, ")");
+  }
+}
+
+void check_common(const at::Tensor& a, const char* a_name, int64_t a_cols_expected,
+                  const char* cols_what, const at::Tensor& weight, const at::Tensor& mask) {
+  TORCH_CHECK(a.device().is_cpu(), a_name, " must be a CPU tensor, got ", a.device());
+  TORCH_CHECK(weight.device().is_cpu(), "weight must be a CPU tensor, got ", weight.device());
+  TORCH_CHECK(mask.device().is_cpu(), "mask must be a CPU tensor, got ", mask.device());
+  TORCH_CHECK(a.dim() == 2, a_name, " must be 2-D, got shape ", a.sizes());
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [N, K], got shape ", weight.sizes());
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(mask.sizes() == weight.sizes(), "mask must have weight's shape ", weight.sizes(),
+              ", got ", mask.sizes());
+  TORCH_CHECK(a.size(1) == a_cols_expected, a_name, " must have ", cols_what, " = ",
+              a_cols_expected, " columns, got shape ", a.sizes());
+  TORCH_CHECK(at::isFloatingType(a.scalar_type()), a_name, " must be floating point, got ",
+              a.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == a.scalar_type(), "weight dtype ", weight.scalar_type(),
+              " must match ", a_name, " dtype ", a.scalar_type());
+}
+
+// out[b, r] = bias[r] + sum_{p in row r} wval(r, p) * srcT[idx[p], b]  for b < B.
+// srcT is [*, Bp] (Bp a multiple of kVB, padding zero); out is [B, R] contiguous.
+template <typename scalar_t, typename acc_t, typename WVal>
+void spmm_transposed(int64_t R, int64_t B, int64_t Bp, const int32_t* ptr, const int32_t* idx,
+                     int64_t idx_bound, const WVal& wval, const acc_t* srcT, const scalar_t* bias,
+                     scalar_t* out) {
+  const int64_t n_row_tiles = (R + kRowTile - 1) / kRowTile;
+  const int64_t n_col_tiles = Bp / kVB;
+  std::atomic<bool> bad_index{false};
+  // Tile index = column tile major: consecutive tiles of one thread share the same
+  // kVB-wide slice of srcT, which stays cache resident.
+  at::parallel_for(0, n_row_tiles * n_col_tiles, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) acc_t tile[kRowTile][kVB];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b0 = (t / n_row_tiles) * kVB;
+      const int64_t r0 = (t % n_row_tiles) * kRowTile;
+      const int64_t r1 = std::min(R, r0 + kRowTile);
+      const acc_t* src = srcT + b0;
+      for (int64_t r = r0; r < r1; ++r) {
+        alignas(64) acc_t acc[kVB];
+        for (int64_t j = 0; j < kVB; ++j) acc[j] = acc_t(0);
+        int64_t p = ptr[r];
+        const int64_t p_end = ptr[r + 1];
+        for (; p + 4 <= p_end; p += 4) {
+          const uint32_t i0 = idx[p], i1 = idx[p + 1], i2 = idx[p + 2], i3 = idx[p + 3];
+          if (std::max(std::max(i0, i1), std::max(i2, i3)) >= uint64_t(idx_bound)) {
+            bad_index = true;
+            break;
+          }
+          const acc_t w0 = wval(r, p, i0), w1 = wval(r, p + 1, i1);
+          const acc_t w2 = wval(r, p + 2, i2), w3 = wval(r, p + 3, i3);
+          const acc_t* x0 = src + int64_t(i0) * Bp;
+          const acc_t* x1 = src + int64_t(i1) * Bp;
+          const acc_t* x2 = src + int64_t(i2) * Bp;
+          const acc_t* x3 = src + int64_t(i3) * Bp;
+#pragma omp simd aligned(acc : 64)
+          for (int64_t j = 0; j < kVB; ++j) {
+            acc[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j];
+          }
+        }
+        for (; p < p_end; ++p) {
+          const uint32_t i0 = idx[p];
+          if (i0 >= uint64_t(idx_bound)) {
+            bad_index = true;
+            break;
+          }
+          const acc_t w0 = wval(r, p, i0);
+          const acc_t* x0 = src + int64_t(i0) * Bp;
+#pragma omp simd aligned(acc : 64)
+          for (int64_t j = 0; j < kVB; ++j) acc[j] += w0 * x0[j];
+        }
+        const acc_t bv = bias ? acc_t(bias[r]) : acc_t(0);
+        for (int64_t j = 0; j < kVB; ++j) tile[r - r0][j] = acc[j] + bv;
+      }
+      const int64_t b1 = std::min(B, b0 + kVB);
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* o = out + b * R;
+        for (int64_t r = r0; r < r1; ++r) o[r] = scalar_t(tile[r - r0][b - b0]);
+      }
+    }
+  });
+  TORCH_CHECK(!bad_index, "masked_linear: layout index out of range [0, ", idx_bound, ")");
+}
+
+// out[n, :] = 0 except out[n, k] = dot(g[n, :Bp], xs[k, :Bp]) for k kept in row n (SDDMM).
+template <typename scalar_t, typename acc_t>
+void sddmm(int64_t N, int64_t K, int64_t Bp, const int32_t* ptr, const int32_t* idx,
+           const acc_t* g, const acc_t* xs, scalar_t* out) {
+  std::atomic<bool> bad_index{false};
+  // Rows are zeroed inside the parallel loop: the first touch of a large fresh output
+  // is split between the threads.
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      scalar_t* o = out + n * K;
+      std::memset(static_cast<void*>(o), 0, sizeof(scalar_t) * K);
+      const acc_t* gr = g + n * Bp;
+      int64_t p = ptr[n];
+      const int64_t p_end = ptr[n + 1];
+      for (; p + 4 <= p_end; p += 4) {
+        const uint32_t k0 = idx[p], k1 = idx[p + 1], k2 = idx[p + 2], k3 = idx[p + 3];
+        if (std::max(std::max(k0, k1), std::max(k2, k3)) >= uint64_t(K)) {
+          bad_index = true;
+          break;
+        }
+        const acc_t* x0 = xs + int64_t(k0) * Bp;
+        const acc_t* x1 = xs + int64_t(k1) * Bp;
+        const acc_t* x2 = xs + int64_t(k2) * Bp;
+        const acc_t* x3 = xs + int64_t(k3) * Bp;
+        acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t j = 0; j < Bp; ++j) {
+          const acc_t gj = gr[j];
+          s0 += gj * x0[j];
+          s1 += gj * x1[j];
+          s2 += gj * x2[j];
+          s3 += gj * x3[j];
+        }
+        o[k0] = scalar_t(s0);
+        o[k1] = scalar_t(s1);
+        o[k2] = scalar_t(s2);
+        o[k3] = scalar_t(s3);
+      }
+      for (; p < p_end; ++p) {
+        const uint32_t k0 = idx[p];
+        if (k0 >= uint64_t(K)) {
+          bad_index = true;
+          break;
+        }
+        const acc_t* x0 = xs + int64_t(k0) * Bp;
+        acc_t s0 = 0;
+#pragma omp simd reduction(+ : s0)
+        for (int64_t j = 0; j < Bp; ++j) s0 += gr[j] * x0[j];
+        o[k0] = scalar_t(s0);
+      }
+    }
+  });
+  TORCH_CHECK(!bad_index, "masked_linear_grad_weight: csr_idx out of range [0, ", K, ")");
+}
+
+// g[i] = 0 wherever mask[i] is false (exact zeros even where g is inf/nan), in place.
+template <typename scalar_t>
+void zero_unmasked(scalar_t* g, const bool* mask, int64_t numel) {
+  at::parallel_for(0, numel, 1 << 15, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) g[i] = mask[i] ? g[i] : scalar_t(0);
+  });
+}
+
+at::Tensor dense_masked_weight(const at::Tensor& weight, const at::Tensor& mask) {
+  return weight * mask;  // bool mask promotes to weight's dtype: one fused pass
+}
+
+at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                             const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& csr_ptr,
+                             const std::optional<at::Tensor>& csr_idx) {
+  const int64_t N = weight.dim() == 2 ? weight.size(0) : 0;
+  const int64_t K = weight.dim() == 2 ? weight.size(1) : 0;
+  check_common(x, "x", K, "K (weight.size(1))", weight, mask);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device().is_cpu(), "bias must be a CPU tensor, got ", bias->device());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(),
+                " must match x dtype ", x.scalar_type());
+  }
+  TORCH_CHECK(csr_ptr.has_value() == csr_idx.has_value(),
+              "csr_ptr and csr_idx must be given together");
+  const int64_t B = x.size(0);
+  if (!csr_ptr.has_value()) {
+    at::Tensor wm = dense_masked_weight(weight, mask);
+    return bias.has_value() ? at::addmm(*bias, x, wm.t()) : at::mm(x, wm.t());
+  }
+  // csr_ptr/csr_idx may also be ceag.ops.MaskLayout's packed form: the CSC appended
+  // (ptr [N+1 + K+1], idx [2 * nnz]) so that the backward finds both layouts; the forward
+  // reads the CSR half.
+  at::Tensor ptr = *csr_ptr, idx = *csr_idx;
+  if (ptr.dim() == 1 && ptr.size(0) == N + K + 2 && idx.dim() == 1) {
+    ptr = ptr.narrow(0, 0, N + 1);
+    idx = idx.narrow(0, 0, idx.size(0) / 2);
+  }
+  check_layout("csr_ptr", ptr, "csr_idx", idx, N);
+  at::Tensor y = at::empty({B, N}, x.options());
+  if (B == 0 || N == 0) return y;
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "masked_linear_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t Bp = round_up(B, kVB);
+    const at::Tensor xT = transpose_padded(x, c10::CppTypeToScalarType<acc_t>::value, Bp);
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    auto wval = [wp, K](int64_t r, int64_t, uint32_t k) { return acc_t(wp[r * K + k]); };
+    spmm_transposed<scalar_t, acc_t>(N, B, Bp, ptr.data_ptr<int32_t>(), idx.data_ptr<int32_t>(),
+                                     K, wval, xT.data_ptr<acc_t>(),
+                                     bc.defined() ? bc.data_ptr<scalar_t>() : nullptr,
+                                     y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tensor& weight,
+                                        const at::Tensor& mask,
+                                        const std::optional<at::Tensor>& csc_ptr,
+                                        const std::optional<at::Tensor>& csc_idx) {
+  const int64_t N = weight.dim() == 2 ? weight.size(0) : 0;
+  const int64_t K = weight.dim() == 2 ? weight.size(1) : 0;
+  check_common(grad_y, "grad_y", N, "N (weight.size(0))", weight, mask);
+  TORCH_CHECK(csc_ptr.has_value() == csc_idx.has_value(),
+              "csc_ptr and csc_idx must be given together");
+  const int64_t B = grad_y.size(0);
+  if (!csc_ptr.has_value()) {
+    return at::mm(grad_y, dense_masked_weight(weight, mask));
+  }
+  check_layout("csc_ptr", *csc_ptr, "csc_idx", *csc_idx, K);
+  at::Tensor gx = at::empty({B, K}, grad_y.options());
+  if (B == 0 || K == 0) return gx;
+  if (N == 0) return gx.zero_();
+  const at::Tensor w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_y.scalar_type(), "masked_linear_grad_input_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t Bp = round_up(B, kVB);
+    const at::Tensor gyT = transpose_padded(grad_y, c10::CppTypeToScalarType<acc_t>::value, Bp);
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    // Column k of W*M: entry p holds row n = csc_idx[p].
+    auto wval = [wp, K](int64_t k, int64_t, uint32_t n) { return acc_t(wp[int64_t(n) * K + k]); };
+    spmm_transposed<scalar_t, acc_t>(K, B, Bp, csc_ptr->data_ptr<int32_t>(),
+                                     csc_idx->data_ptr<int32_t>(), N, wval, gyT.data_ptr<acc_t>(),
+                                     nullptr, gx.data_ptr<scalar_t>());
+  });
+  return gx;
+}
+
+at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                         const at::Tensor& mask,
+                                         const std::optional<at::Tensor>& csr_ptr,
+                                         const std::optional<at::Tensor>& csr_idx) {
+  TORCH_CHECK(mask.dim() == 2, "mask must be 2-D [N, K], got shape ", mask.sizes());
+  TORCH_CHECK(mask.device().is_cpu(), "mask must be a CPU tensor, got ", mask.device());
+  TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
+  TORCH_CHECK(grad_y.device().is_cpu(), "grad_y must be a CPU tensor, got ", grad_y.device());
+  TORCH_CHECK(x.device().is_cpu(), "x must be a CPU tensor, got ", x.device());
+  const int64_t N = mask.size(0), K = mask.size(1);
+  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(1) == N, "grad_y must have shape [B, ", N,
+              "], got ", grad_y.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "x must have shape [B, ", K, "], got ", x.sizes());
+  TORCH_CHECK(x.size(0) == grad_y.size(0), "x and grad_y must have the same batch size, got ",
+              x.size(0), " and ", grad_y.size(0));
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "grad_y dtype ", grad_y.scalar_type(),
+              " must match x dtype ", x.scalar_type());
+  TORCH_CHECK(csr_ptr.has_value() == csr_idx.has_value(),
+              "csr_ptr and csr_idx must be given together");
+  const int64_t B = x.size(0);
+  if (!csr_ptr.has_value()) {
+    // Exactly zero where the mask is 0, even if the product there is inf/nan.
+    at::Tensor gw = at::mm(grad_y.t(), x).contiguous();
+    const at::Tensor m = mask.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gw.scalar_type(), "masked_linear_grad_weight_dense", [&] {
+      zero_unmasked<scalar_t>(gw.data_ptr<scalar_t>(), m.data_ptr<bool>(), gw.numel());
+    });
+    return gw;
+  }
+  check_layout("csr_ptr", *csr_ptr, "csr_idx", *csr_idx, N);
+  at::Tensor gw = at::empty({N, K}, x.options());
+  if (N == 0 || K == 0) return gw;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "masked_linear_grad_weight_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t Bp = round_up(std::max<int64_t>(B, 1), kVB);
+    const at::Tensor gyT = transpose_padded(grad_y, c10::CppTypeToScalarType<acc_t>::value, Bp);
+    const at::Tensor xT = transpose_padded(x, c10::CppTypeToScalarType<acc_t>::value, Bp);
+    sddmm<scalar_t, acc_t>(N, K, Bp, csr_ptr->data_ptr<int32_t>(), csr_idx->data_ptr<int32_t>(),
+                           gyT.data_ptr<acc_t>(), xT.data_ptr<acc_t>(), gw.data_ptr<scalar_t>());
+  });
+  return gw;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ceag, CPU, m) {
+  m.impl("masked_linear", &masked_linear_cpu);
+  m.impl("masked_linear_grad_input", &masked_linear_grad_input_cpu);
+  m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_cpu);
+}
+
+}  // namespace ceag
