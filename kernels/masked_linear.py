@@ -53,27 +53,32 @@ __all__ = [
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# (BLOCK_N, BLOCK_K) of each kernel: the mask granularity of its tile skipping. Under the
-# interpreter small tiles keep test shapes small while still spanning several tiles.
+# (BLOCK_N, BLOCK_K) of each kernel, the mask granularity of its tile skipping; fp64 (CUDA-core
+# products, see _mma) uses small tiles. Under the interpreter small tiles keep test shapes small
+# while still spanning several tiles.
 if INTERPRET:
-    FWD_TILE = (16, 16)
-    GRAD_INPUT_TILE = (16, 16)
-    GRAD_WEIGHT_TILE = (16, 16)
+    TILES = {"fwd": (16, 16), "grad_input": (16, 16), "grad_weight": (16, 16)}
+    TILES_FP64 = TILES
 else:
-    FWD_TILE = (128, 64)
-    GRAD_INPUT_TILE = (64, 128)
-    GRAD_WEIGHT_TILE = (128, 128)
+    TILES = {"fwd": (128, 64), "grad_input": (64, 128), "grad_weight": (128, 128)}
+    TILES_FP64 = {"fwd": (16, 16), "grad_input": (16, 16), "grad_weight": (16, 16)}
 
 
-def _configs(block_name: str) -> list[triton.Config]:
-    if INTERPRET:
-        return [triton.Config({block_name: 16, "GROUP": 4}, num_warps=4, num_stages=1)]
+def _configs(fp64: bool = False) -> list[triton.Config]:
+    """Autotuned: the batch tile BLOCK_B, warps and stages (the masked tiles are fixed)."""
+    if INTERPRET or fp64:
+        stages = 1 if INTERPRET else 2
+        return [triton.Config({"BLOCK_B": 16, "GROUP": 4}, num_warps=4, num_stages=stages)]
     return [
-        triton.Config({block_name: bb, "GROUP": 8}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_B": bb, "GROUP": 8}, num_warps=w, num_stages=s)
         for bb in (64, 128)
         for w in (4, 8)
-        for s in (3, 4)
+        for s in (3, 4, 5)
     ]
+
+
+def _tile(kind: str, dtype: torch.dtype, tile: tuple[int, int] | None) -> tuple[int, int]:
+    return tile or (TILES_FP64 if dtype == torch.float64 else TILES)[kind]
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,9 +191,21 @@ def _swizzle(pid, num_a, num_b, GROUP: tl.constexpr):
     return pid_a, pid_b
 
 
-@triton.autotune(configs=_configs("BLOCK_B"), key=["B", "N", "K"])
 @triton.jit
-def _forward_kernel(
+def _mma(a, b, acc, IS_FP64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b. fp64 multiplies on the CUDA cores (broadcast and sum: Triton's fp64 MMA
+    lowering rejects these operand layouts); bf16 is upcast first under the interpreter."""
+    if IS_FP64:
+        acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        if UPCAST:  # the interpreter has no bf16 arithmetic (see _upcast)
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
+def _forward_kernel_jit(
     x_ptr, w_ptr, m_ptr, bias_ptr, y_ptr, count_ptr, index_ptr,
     B, N, K, num_kb,
     stride_xb, stride_xk, stride_wn, stride_wk, stride_mn, stride_mk, stride_yb, stride_yn,
@@ -215,9 +232,7 @@ def _forward_kernel(
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=wk_ok, other=0.0)
         m = tl.load(m_ptr + offs_n[None, :] * stride_mn + offs_k[:, None] * stride_mk, mask=wk_ok, other=0)
         w = tl.where(m != 0, w, tl.zeros_like(w))
-        if UPCAST:  # the interpreter has no bf16 arithmetic (see _upcast)
-            a, w = a.to(tl.float32), w.to(tl.float32)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+        acc = _mma(a, w, acc, IS_FP64, PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(acc.dtype)[None, :]
     tl.store(
@@ -226,9 +241,8 @@ def _forward_kernel(
     )
 
 
-@triton.autotune(configs=_configs("BLOCK_B"), key=["B", "N", "K"])
 @triton.jit
-def _grad_input_kernel(
+def _grad_input_kernel_jit(
     gy_ptr, w_ptr, m_ptr, gx_ptr, count_ptr, index_ptr,
     B, N, K, num_nb,
     stride_gb, stride_gn, stride_wn, stride_wk, stride_mn, stride_mk, stride_xb, stride_xk,
@@ -255,18 +269,15 @@ def _grad_input_kernel(
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=nk_ok, other=0.0)
         m = tl.load(m_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk, mask=nk_ok, other=0)
         w = tl.where(m != 0, w, tl.zeros_like(w))
-        if UPCAST:  # the interpreter has no bf16 arithmetic (see _upcast)
-            a, w = a.to(tl.float32), w.to(tl.float32)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+        acc = _mma(a, w, acc, IS_FP64, PRECISION, UPCAST)
     tl.store(
         gx_ptr + offs_b[:, None] * stride_xb + offs_k[None, :] * stride_xk,
         acc.to(gx_ptr.dtype.element_ty), mask=b_ok[:, None] & k_ok[None, :],
     )
 
 
-@triton.autotune(configs=_configs("BLOCK_B"), key=["B", "N", "K"])
 @triton.jit
-def _grad_weight_kernel(
+def _grad_weight_kernel_jit(
     gy_ptr, x_ptr, m_ptr, gw_ptr, occ_ptr,
     B, N, K, num_kb,
     stride_gb, stride_gn, stride_xb, stride_xk, stride_mn, stride_mk, stride_wn, stride_wk,
@@ -294,9 +305,7 @@ def _grad_weight_kernel(
             x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :] * stride_xk,
             mask=b_ok[:, None] & k_ok[None, :], other=0.0,
         )
-        if UPCAST:
-            a, xt = a.to(tl.float32), xt.to(tl.float32)
-        acc = tl.dot(a, xt, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+        acc = _mma(a, xt, acc, IS_FP64, PRECISION, UPCAST)
     nk_ok = n_ok[:, None] & k_ok[None, :]
     m = tl.load(m_ptr + offs_n[:, None] * stride_mn + offs_k[None, :] * stride_mk, mask=nk_ok, other=0)
     acc = tl.where(m != 0, acc, tl.zeros_like(acc))
@@ -306,13 +315,22 @@ def _grad_weight_kernel(
     )
 
 
+_KEY = ["B", "N", "K"]
+_forward_kernel = triton.autotune(configs=_configs(), key=_KEY)(_forward_kernel_jit)
+_forward_kernel_fp64 = triton.autotune(configs=_configs(True), key=_KEY)(_forward_kernel_jit)
+_grad_input_kernel = triton.autotune(configs=_configs(), key=_KEY)(_grad_input_kernel_jit)
+_grad_input_kernel_fp64 = triton.autotune(configs=_configs(True), key=_KEY)(_grad_input_kernel_jit)
+_grad_weight_kernel = triton.autotune(configs=_configs(), key=_KEY)(_grad_weight_kernel_jit)
+_grad_weight_kernel_fp64 = triton.autotune(configs=_configs(True), key=_KEY)(_grad_weight_kernel_jit)
+
+
 # --------------------------------------------------------------------------------------------
 # Host side (make_fx-traceable: shapes only, no data-dependent Python)
 
 
 def forward(x, weight, mask, bias=None, *, tile=None, skip=True) -> torch.Tensor:
     """y = x @ (weight*mask).T + bias for x [B, K]. ``tile``/``skip``: test overrides."""
-    block_n, block_k = tile or FWD_TILE
+    block_n, block_k = _tile("fwd", x.dtype, tile)
     b, k = x.shape
     n = weight.shape[0]
     y = torch.empty((b, n), dtype=x.dtype, device=x.device)
@@ -321,7 +339,8 @@ def forward(x, weight, mask, bias=None, *, tile=None, skip=True) -> torch.Tensor
     count, index = _mask_tiles(mask, block_n, block_k, "fwd", skip)
     m = _as_uint8(mask)
     grid = lambda meta: (triton.cdiv(b, meta["BLOCK_B"]) * triton.cdiv(n, block_n),)  # noqa: E731
-    wrap_triton(_forward_kernel)[grid](
+    kernel = _forward_kernel_fp64 if x.dtype == torch.float64 else _forward_kernel
+    wrap_triton(kernel)[grid](
         x, weight, m, bias if bias is not None else y, y, count, index,
         b, n, k, index.shape[1],
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
@@ -334,7 +353,7 @@ def forward(x, weight, mask, bias=None, *, tile=None, skip=True) -> torch.Tensor
 
 def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
     """grad_x = grad_y @ (weight*mask) for grad_y [B, N]."""
-    block_n, block_k = tile or GRAD_INPUT_TILE
+    block_n, block_k = _tile("grad_input", grad_y.dtype, tile)
     b, n = grad_y.shape
     k = weight.shape[1]
     gx = torch.empty((b, k), dtype=grad_y.dtype, device=grad_y.device)
@@ -343,7 +362,8 @@ def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
     count, index = _mask_tiles(mask, block_n, block_k, "grad_input", skip)
     m = _as_uint8(mask)
     grid = lambda meta: (triton.cdiv(b, meta["BLOCK_B"]) * triton.cdiv(k, block_k),)  # noqa: E731
-    wrap_triton(_grad_input_kernel)[grid](
+    kernel = _grad_input_kernel_fp64 if grad_y.dtype == torch.float64 else _grad_input_kernel
+    wrap_triton(kernel)[grid](
         grad_y, weight, m, gx, count, index,
         b, n, k, index.shape[1],
         grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
@@ -356,7 +376,7 @@ def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
 
 def grad_weight(grad_y, x, mask, *, tile=None, skip=True) -> torch.Tensor:
     """grad_W = (grad_y.T @ x) * mask, exactly zero where the mask is 0."""
-    block_n, block_k = tile or GRAD_WEIGHT_TILE
+    block_n, block_k = _tile("grad_weight", x.dtype, tile)
     b, n = grad_y.shape
     k = x.shape[1]
     gw = torch.empty((n, k), dtype=x.dtype, device=x.device)
@@ -365,7 +385,8 @@ def grad_weight(grad_y, x, mask, *, tile=None, skip=True) -> torch.Tensor:
     (occ,) = _mask_tiles(mask, block_n, block_k, "grad_weight", skip)
     m = _as_uint8(mask)
     grid = (triton.cdiv(n, block_n) * triton.cdiv(k, block_k),)
-    wrap_triton(_grad_weight_kernel)[grid](
+    kernel = _grad_weight_kernel_fp64 if x.dtype == torch.float64 else _grad_weight_kernel
+    wrap_triton(kernel)[grid](
         grad_y, x, m, gw, occ,
         b, n, k, occ.shape[1],
         grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1),

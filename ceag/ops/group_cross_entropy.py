@@ -178,13 +178,22 @@ def _setup_weighted_loss(ctx, inputs, output):
     ctx.weight_dtype = group_weight.dtype
 
 
+def _plain_eager(t: Tensor) -> bool:
+    """True outside every tracer (compile, make_fx, fake/functional modes): values are real."""
+    return (
+        type(t) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
+
+
 def _backward_weighted_loss(ctx, grad):
     loss_sum, grad_logits = ctx.saved_tensors
     grad_w = grad_x = None
     if ctx.needs_input_grad[1]:
         grad_w = (grad * loss_sum).to(ctx.weight_dtype)
     if ctx.needs_input_grad[2]:
-        if not torch.compiler.is_compiling() and grad.device.type == "cpu" and grad.item() == 1.0:
+        if _plain_eager(grad) and grad.device.type == "cpu" and grad.item() == 1.0:
             # loss.backward(): the saved gradient is the answer; skip a pass over [N, C]. (Not
             # scaled in place: the graph may be retained and run again.)
             grad_x = grad_logits

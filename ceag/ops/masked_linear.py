@@ -36,12 +36,16 @@ __all__ = [
 ]
 
 #: Mask density (kept fraction) at or above which the CPU kernel takes its dense path.
-#: Measured with bench/bench_masked_linear.py (forward + backward, fp32, 2-core AMD EPYC,
-#: B=256 1024x1024 and B=64 4096x4096): the sparse path wins clearly at 10% density
-#: (2.6-3.2x the dense path at B=256, more at B=64) and loses at 50% (about 0.3-0.5x), the
-#: crossover sits near 25-30% density; the threshold is set just below it so a mask near
-#: the crossover takes the path that is never much slower.
-DENSE_THRESHOLD: float = 0.25
+#: Measured forward + backward in fp32 on the 2-core AMD EPYC (Zen 5) dev machine, on a
+#: lightly loaded run (ms, eager / sparse path / dense path):
+#:   B=256 1024x1024 at 50% density:  8.5 / 9.2 / 11.7
+#:   B=64 4096x4096 at 50% density:   144 / 84  / 176
+#: The sparse path's cost grows linearly with density (~18.5 ms per unit density at B=256,
+#: ~170 ms at B=64) while the dense path costs ~1.2-1.4x eager (it rebuilds W*M for grad_x),
+#: so the crossover is near 0.63 density for the first case and near 1.0 for the second;
+#: 0.6 keeps every measured case on its faster path. Re-measure with
+#: bench/bench_masked_linear.py on a quiet machine before moving it.
+DENSE_THRESHOLD: float = 0.6
 
 _INT32_MAX = 2**31 - 1
 
