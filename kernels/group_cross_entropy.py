@@ -57,6 +57,31 @@ MAX_TILE = 4096 if INTERPRET else 8192
 MAX_BLOCK_R = 64
 
 
+def _traced(*tensors) -> bool:
+    """True for tensors without real data (FakeTensor, FunctionalTensor) under the interpreter.
+
+    torch.library.wrap_triton hands interpreted kernels back unwrapped (no tracing HOP), so
+    under TRITON_INTERPRET=1 the host code must not launch them while torch.compile traces;
+    the ops are then opaque to the compiler (see _opaque_under_interpreter). Compiled Triton
+    (a GPU) never takes this path: wrap_triton traces the launches there.
+    """
+    return INTERPRET and any(t is not None and type(t) is not torch.Tensor for t in tensors)
+
+
+def _opaque_under_interpreter(*ops) -> None:
+    """Under the interpreter, keep the ops whole under functionalization (torch.compile then
+    calls them like any custom op) instead of decomposing them into kernel launches."""
+    if not INTERPRET:
+        return
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def keep_whole(mode, op, types, args, kwargs):
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    for op in ops:
+        op.register_torch_dispatch(FunctionalTensorMode, keep_whole)
+
+
 def _blocks(n: int, c: int, block_c: int | None) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_C, num_warps) for logits [n, c]; ``block_c`` forces the chunk size."""
     bc = block_c or min(triton.next_power_of_2(c), MAX_BLOCK_C)
@@ -260,7 +285,7 @@ def forward(
     correct = torch.zeros(g, dtype=torch.int64, device=dev)
     count = torch.zeros(g, dtype=torch.int64, device=dev)
     outs = (loss_sum, correct, count, sample_correct, lse)
-    if n == 0:
+    if n == 0 or _traced(logits, target, group, group_weight):
         return (*outs, grad) if weighted else outs
 
     block_r, block_c, warps = _blocks(n, c, block_c)
@@ -302,7 +327,7 @@ def backward(
 ) -> torch.Tensor:
     n, c = logits.shape
     grad = torch.empty((n, c), dtype=logits.dtype, device=logits.device)
-    if n == 0:
+    if n == 0 or _traced(grad_loss_sum, logits, target, group, lse):
         return grad
     block_r, block_c, warps = _blocks(n, c, block_c)
     grid = (triton.cdiv(n, block_r), triton.cdiv(c, block_c))
@@ -362,6 +387,11 @@ def weighted_group_cross_entropy_triton(
 def _register_autograd() -> None:
     from ceag.ops.group_cross_entropy import register_group_cross_entropy_autograd
 
+    _opaque_under_interpreter(
+        group_cross_entropy_triton,
+        group_cross_entropy_backward_triton,
+        weighted_group_cross_entropy_triton,
+    )
     register_group_cross_entropy_autograd(
         torch.ops.ceag.group_cross_entropy_triton,
         torch.ops.ceag.group_cross_entropy_backward_triton,

@@ -31,6 +31,8 @@ launch; the autotuner picks the batch tile, warps and stages.
 Precision: fp32 inputs use IEEE fp32 products unless ``torch.backends.cuda.matmul.allow_tf32``
 is set (then TF32 tensor cores, like torch's own fp32 matmul on the same setting); bf16 and
 fp16 use tensor cores with fp32 accumulation; outputs are cast back to the input dtype.
+fp64 (gradcheck) multiplies on the CUDA cores with 16x16 tiles: Triton's fp64 MMA lowering
+rejects these operand layouts.
 """
 
 from __future__ import annotations
@@ -141,9 +143,12 @@ def _mask_tiles(mask: torch.Tensor, block_n: int, block_k: int, kind: str, skip:
 
     if not _cacheable(mask):
         return compute()
+    try:
+        state = (mask.data_ptr(), mask._version, tuple(mask.shape), tuple(mask.stride()), mask.device)
+    except RuntimeError:  # a traced tensor without real storage
+        return compute()
     key = (id(mask), kind, block_n, block_k, skip)
     hit = _cache.get(key)
-    state = (mask.data_ptr(), mask._version, tuple(mask.shape), tuple(mask.stride()), mask.device)
     if hit is not None and hit[0]() is mask and hit[1] == state:
         return hit[2]
     value = compute()
@@ -156,6 +161,31 @@ def _mask_tiles(mask: torch.Tensor, block_n: int, block_k: int, kind: str, skip:
 def clear_cache() -> None:
     """Drop every cached occupancy bitmap and tile list."""
     _cache.clear()
+
+
+def _traced(*tensors) -> bool:
+    """True for tensors without real data (FakeTensor, FunctionalTensor) under the interpreter.
+
+    torch.library.wrap_triton hands interpreted kernels back unwrapped (no tracing HOP), so
+    under TRITON_INTERPRET=1 the host code must not launch them while torch.compile traces;
+    the ops are then opaque to the compiler (see _opaque_under_interpreter). Compiled Triton
+    (a GPU) never takes this path: wrap_triton traces the launches there.
+    """
+    return INTERPRET and any(t is not None and type(t) is not torch.Tensor for t in tensors)
+
+
+def _opaque_under_interpreter(*ops) -> None:
+    """Under the interpreter, keep the ops whole under functionalization (torch.compile then
+    calls them like any custom op) instead of decomposing them into kernel launches."""
+    if not INTERPRET:
+        return
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    def keep_whole(mode, op, types, args, kwargs):
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    for op in ops:
+        op.register_torch_dispatch(FunctionalTensorMode, keep_whole)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -334,7 +364,7 @@ def forward(x, weight, mask, bias=None, *, tile=None, skip=True) -> torch.Tensor
     b, k = x.shape
     n = weight.shape[0]
     y = torch.empty((b, n), dtype=x.dtype, device=x.device)
-    if b == 0 or n == 0:
+    if b == 0 or n == 0 or _traced(x, weight, mask, bias):
         return y
     count, index = _mask_tiles(mask, block_n, block_k, "fwd", skip)
     m = _as_uint8(mask)
@@ -357,7 +387,7 @@ def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
     b, n = grad_y.shape
     k = weight.shape[1]
     gx = torch.empty((b, k), dtype=grad_y.dtype, device=grad_y.device)
-    if b == 0 or k == 0:
+    if b == 0 or k == 0 or _traced(grad_y, weight, mask):
         return gx
     count, index = _mask_tiles(mask, block_n, block_k, "grad_input", skip)
     m = _as_uint8(mask)
@@ -368,7 +398,8 @@ def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
         b, n, k, index.shape[1],
         grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
         m.stride(0), m.stride(1), gx.stride(0), gx.stride(1),
-        IS_FP64=grad_y.dtype == torch.float64, PRECISION=_precision(grad_y.dtype), UPCAST=_upcast(grad_y.dtype),
+        IS_FP64=grad_y.dtype == torch.float64, PRECISION=_precision(grad_y.dtype),
+        UPCAST=_upcast(grad_y.dtype),
         BLOCK_N=block_n, BLOCK_K=block_k,
     )  # fmt: skip
     return gx
@@ -380,7 +411,7 @@ def grad_weight(grad_y, x, mask, *, tile=None, skip=True) -> torch.Tensor:
     b, n = grad_y.shape
     k = x.shape[1]
     gw = torch.empty((n, k), dtype=x.dtype, device=x.device)
-    if n == 0 or k == 0:
+    if n == 0 or k == 0 or _traced(grad_y, x, mask):
         return gw
     (occ,) = _mask_tiles(mask, block_n, block_k, "grad_weight", skip)
     m = _as_uint8(mask)
@@ -438,6 +469,9 @@ def masked_linear_grad_weight_triton(
 def _register_autograd() -> None:
     from ceag.ops.masked_linear import register_masked_linear_autograd
 
+    _opaque_under_interpreter(
+        masked_linear_triton, masked_linear_grad_input_triton, masked_linear_grad_weight_triton
+    )
     register_masked_linear_autograd(
         torch.ops.ceag.masked_linear_triton.default,
         torch.ops.ceag.masked_linear_grad_input_triton.default,

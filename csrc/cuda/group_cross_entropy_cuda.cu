@@ -3,10 +3,12 @@
 // One warp per row (8 rows per 256-thread block, grid-stride over rows). Each lane walks the
 // row with stride 32 (coalesced) keeping an online (max, Σexp) pair, the running argmax
 // (first maximum wins; NaN counts as the maximum, as torch.argmax) and Σz for label
-// smoothing, all in fp32 (fp64 for fp64 logits); the lanes then merge by butterfly shuffles
-// so every lane ends with the row's logsumexp. Lane 0 adds the row to its group:
-//   G <= kSmemMaxGroups: a block-private histogram in shared memory (float loss, int32
-//                        correct/count), flushed with one global atomic per touched group;
+// smoothing, all in fp32 (fp64 for fp64 logits, whose loss_sum and lse are then fp64 too,
+// as on the CPU backend); the lanes then merge by butterfly shuffles so every lane ends with
+// the row's logsumexp. Lane 0 adds the row to its group:
+//   histogram fits 48 KiB: a block-private histogram in shared memory (loss, int32
+//                        correct/count), flushed with one global atomic per touched group
+//                        (G <= 4096 for fp32/fp16/bf16 logits, G <= 3072 for fp64);
 //   otherwise:           global atomics directly.
 // Float atomics make loss_sum's last bits depend on the order of the additions.
 // The weighted variant writes grad_logits from the same warp right after the reduction
@@ -31,9 +33,11 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / kWarp;
-// Shared histogram: 12 bytes per group (float loss, int correct, int count); 4096 groups
-// fill the 48 KiB a block may use without opting in.
-constexpr int64_t kSmemMaxGroups = 4096;
+// Shared histogram: acc_t loss + int correct + int count per group, at most the 48 KiB a
+// block may use without opting in: 4096 groups in fp32, 3072 for fp64 logits.
+constexpr int64_t kSmemMaxBytes = 48 * 1024;
+template <typename acc_t>
+constexpr int64_t kSmemGroupBytes = sizeof(acc_t) + 2 * sizeof(int);
 
 __device__ __forceinline__ float dev_exp(float v) { return expf(v); }
 __device__ __forceinline__ double dev_exp(double v) { return exp(v); }
@@ -130,18 +134,18 @@ __device__ void warp_write_grad(const scalar_t* __restrict__ row, scalar_t* __re
 template <typename scalar_t, typename acc_t, bool kSmem, bool kGrad>
 __global__ void __launch_bounds__(kThreads) group_ce_forward_kernel(
     const scalar_t* __restrict__ logits, const int64_t* __restrict__ target,
-    const int64_t* __restrict__ group, const float* __restrict__ group_weight,  // kGrad only
+    const int64_t* __restrict__ group, const acc_t* __restrict__ group_weight,  // kGrad only
     int64_t N, int64_t C, int64_t G, acc_t eps, int64_t ignore_index,
-    float* __restrict__ loss_sum, int64_t* __restrict__ correct, int64_t* __restrict__ count,
-    bool* __restrict__ sample_correct, float* __restrict__ lse_out,
+    acc_t* __restrict__ loss_sum, int64_t* __restrict__ correct, int64_t* __restrict__ count,
+    bool* __restrict__ sample_correct, acc_t* __restrict__ lse_out,
     scalar_t* __restrict__ grad_logits) {  // kGrad only
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* s_loss = reinterpret_cast<float*>(smem_raw);
+  acc_t* s_loss = reinterpret_cast<acc_t*>(smem_raw);
   int* s_correct = reinterpret_cast<int*>(s_loss + (kSmem ? G : 0));
   int* s_count = s_correct + (kSmem ? G : 0);
   if constexpr (kSmem) {
     for (int64_t g = threadIdx.x; g < G; g += blockDim.x) {
-      s_loss[g] = 0.0f;
+      s_loss[g] = acc_t(0);
       s_correct[g] = 0;
       s_count[g] = 0;
     }
@@ -162,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) group_ce_forward_kernel(
     CUDA_KERNEL_ASSERT(ignored || valid);  // the Python wrapper validates ranges
 
     if (lane == 0) {
-      lse_out[i] = static_cast<float>(lse);
+      lse_out[i] = lse;
       bool hit = false;
       if (valid) {
         const acc_t zt = static_cast<acc_t>(row[t]);
@@ -170,11 +174,11 @@ __global__ void __launch_bounds__(kThreads) group_ce_forward_kernel(
             (acc_t(1) - eps) * (lse - zt) + eps * (lse - s.zsum / static_cast<acc_t>(C));
         hit = s.arg == t;
         if constexpr (kSmem) {
-          atomicAdd(&s_loss[g], static_cast<float>(loss));
+          atomicAdd(&s_loss[g], loss);
           atomicAdd(&s_count[g], 1);
           if (hit) atomicAdd(&s_correct[g], 1);
         } else {
-          atomicAdd(&loss_sum[g], static_cast<float>(loss));
+          atomicAdd(&loss_sum[g], loss);
           atomicAdd(reinterpret_cast<unsigned long long*>(&count[g]), 1ull);
           if (hit) atomicAdd(reinterpret_cast<unsigned long long*>(&correct[g]), 1ull);
         }
@@ -182,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) group_ce_forward_kernel(
       sample_correct[i] = hit;
     }
     if constexpr (kGrad) {
-      const acc_t scale = valid ? static_cast<acc_t>(group_weight[g]) : acc_t(0);
+      const acc_t scale = valid ? group_weight[g] : acc_t(0);
       warp_write_grad<scalar_t, acc_t>(row, grad_logits + i * C, C, t, lse, eps, scale, !valid,
                                        lane);
     }
@@ -206,9 +210,9 @@ __global__ void __launch_bounds__(kThreads) group_ce_forward_kernel(
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) group_ce_backward_kernel(
-    const float* __restrict__ grad_loss_sum, const scalar_t* __restrict__ logits,
+    const acc_t* __restrict__ grad_loss_sum, const scalar_t* __restrict__ logits,
     const int64_t* __restrict__ target, const int64_t* __restrict__ group,
-    const float* __restrict__ lse, int64_t N, int64_t C, int64_t G, acc_t eps,
+    const acc_t* __restrict__ lse, int64_t N, int64_t C, int64_t G, acc_t eps,
     int64_t ignore_index, scalar_t* __restrict__ grad_logits) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warp = threadIdx.x / kWarp;
@@ -219,9 +223,9 @@ __global__ void __launch_bounds__(kThreads) group_ce_backward_kernel(
     const bool ignored = t == ignore_index;
     const bool valid = !ignored && t >= 0 && t < C && g >= 0 && g < G;
     CUDA_KERNEL_ASSERT(ignored || valid);
-    const acc_t scale = valid ? static_cast<acc_t>(grad_loss_sum[g]) : acc_t(0);
-    warp_write_grad<scalar_t, acc_t>(logits + i * C, grad_logits + i * C, C, t,
-                                     static_cast<acc_t>(lse[i]), eps, scale, !valid, lane);
+    const acc_t scale = valid ? grad_loss_sum[g] : acc_t(0);
+    warp_write_grad<scalar_t, acc_t>(logits + i * C, grad_logits + i * C, C, t, lse[i], eps,
+                                     scale, !valid, lane);
   }
 }
 
@@ -256,6 +260,12 @@ void check_inputs(const char* op, const at::Tensor& logits, const at::Tensor& ta
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// Statistics (loss_sum, lse, group_weight, grad_loss_sum) are float64 for float64 logits and
+// float32 otherwise, as on the CPU backend.
+at::ScalarType acc_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // Shared by the plain and the weighted forward; grad_logits/group_weight are undefined for
 // the plain one.
 ForwardResult forward_impl(const at::Tensor& logits_in, const at::Tensor& target_in,
@@ -268,17 +278,20 @@ ForwardResult forward_impl(const at::Tensor& logits_in, const at::Tensor& target
   const at::Tensor group = group_in.to(at::kLong).contiguous();
   const int64_t N = logits.size(0), C = logits.size(1);
   const auto dev = logits.options();
-  at::Tensor loss_sum = at::zeros({G}, dev.dtype(at::kFloat));
+  const auto acc = acc_dtype(logits);
+  at::Tensor loss_sum = at::zeros({G}, dev.dtype(acc));
   at::Tensor correct = at::zeros({G}, dev.dtype(at::kLong));
   at::Tensor count = at::zeros({G}, dev.dtype(at::kLong));
   at::Tensor sample_correct = at::empty({N}, dev.dtype(at::kBool));
-  at::Tensor lse = at::empty({N}, dev.dtype(at::kFloat));
+  at::Tensor lse = at::empty({N}, dev.dtype(acc));
   const bool with_grad = grad_logits != nullptr;
   if (with_grad) *grad_logits = at::empty_like(logits);
   if (N == 0) return {loss_sum, correct, count, sample_correct, lse};
 
-  const bool smem = G <= kSmemMaxGroups;
-  const size_t smem_bytes = smem ? static_cast<size_t>(G) * (sizeof(float) + 2 * sizeof(int)) : 0;
+  const int64_t group_bytes =
+      acc == at::kDouble ? kSmemGroupBytes<double> : kSmemGroupBytes<float>;
+  const bool smem = G * group_bytes <= kSmemMaxBytes;
+  const size_t smem_bytes = smem ? static_cast<size_t>(G * group_bytes) : 0;
   // Small histograms: few, long-lived blocks amortize the flush; large G: plenty of blocks.
   const unsigned grid = grid_for_rows(N, smem ? 4 : 32);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -288,14 +301,14 @@ ForwardResult forward_impl(const at::Tensor& logits_in, const at::Tensor& target
     const scalar_t* lp = logits.const_data_ptr<scalar_t>();
     const int64_t* tp = target.const_data_ptr<int64_t>();
     const int64_t* gp = group.const_data_ptr<int64_t>();
-    const float* wp = with_grad ? group_weight.const_data_ptr<float>() : nullptr;
+    const acc_t* wp = with_grad ? group_weight.const_data_ptr<acc_t>() : nullptr;
     scalar_t* gl = with_grad ? grad_logits->mutable_data_ptr<scalar_t>() : nullptr;
     const acc_t eps = static_cast<acc_t>(label_smoothing);
     auto launch = [&](auto kernel) {
       kernel<<<grid, kThreads, smem_bytes, stream>>>(
-          lp, tp, gp, wp, N, C, G, eps, ignore_index, loss_sum.mutable_data_ptr<float>(),
+          lp, tp, gp, wp, N, C, G, eps, ignore_index, loss_sum.mutable_data_ptr<acc_t>(),
           correct.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>(),
-          sample_correct.mutable_data_ptr<bool>(), lse.mutable_data_ptr<float>(), gl);
+          sample_correct.mutable_data_ptr<bool>(), lse.mutable_data_ptr<acc_t>(), gl);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (smem) {
@@ -328,7 +341,7 @@ weighted_group_cross_entropy_cuda(const at::Tensor& logits, const at::Tensor& ta
   TORCH_CHECK(group_weight.dim() == 1, "weighted_group_cross_entropy (cuda): group_weight must ",
               "be 1-D [G], got ", group_weight.sizes());
   const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor w = group_weight.to(at::kFloat).contiguous();
+  const at::Tensor w = group_weight.to(acc_dtype(logits)).contiguous();
   at::Tensor grad;
   auto [loss_sum, correct, count, sample_correct, lse] = forward_impl(
       logits, target, group, w.size(0), label_smoothing, ignore_index, w, &grad);
@@ -350,8 +363,8 @@ at::Tensor group_cross_entropy_backward_cuda(const at::Tensor& grad_loss_sum,
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor target = target_in.to(at::kLong).contiguous();
   const at::Tensor group = group_in.to(at::kLong).contiguous();
-  const at::Tensor lse = lse_in.to(at::kFloat).contiguous();
-  const at::Tensor gls = grad_loss_sum.to(at::kFloat).reshape({-1}).contiguous();
+  const at::Tensor lse = lse_in.to(acc_dtype(logits)).contiguous();
+  const at::Tensor gls = grad_loss_sum.to(acc_dtype(logits)).reshape({-1}).contiguous();
   const int64_t G = gls.numel();
   at::Tensor grad = at::empty_like(logits);
   if (N == 0) return grad;
@@ -361,9 +374,9 @@ at::Tensor group_cross_entropy_backward_cuda(const at::Tensor& grad_loss_sum,
                                   "group_cross_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     group_ce_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        gls.const_data_ptr<float>(), logits.const_data_ptr<scalar_t>(),
+        gls.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(),
         target.const_data_ptr<int64_t>(), group.const_data_ptr<int64_t>(),
-        lse.const_data_ptr<float>(), N, C, G, static_cast<acc_t>(label_smoothing), ignore_index,
+        lse.const_data_ptr<acc_t>(), N, C, G, static_cast<acc_t>(label_smoothing), ignore_index,
         grad.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

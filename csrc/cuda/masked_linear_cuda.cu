@@ -25,6 +25,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 
 namespace ceag::cuda_impl {
@@ -43,7 +44,113 @@ struct GemmArgs {
   scalar_t* c;                 // C(m, n) = c[m * ldc + n]
   int64_t ldc;
   int64_t M, N, K;
+  bool a_vec, b_vec;  // operand may be read with 16-byte loads (see operand_vectorizable)
 };
+
+// Reads VEC mask bytes at p (VEC-byte aligned) with one load.
+template <int VEC>
+__device__ __forceinline__ void load_mask_bytes(const uint8_t* p, uint8_t (&out)[VEC]) {
+  if constexpr (VEC == 8) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    memcpy(out, &u, 8);
+  } else if constexpr (VEC == 4) {
+    const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
+    memcpy(out, &u, 4);
+  } else if constexpr (VEC == 2) {
+    const uint16_t u = *reinterpret_cast<const uint16_t*>(p);
+    memcpy(out, &u, 2);
+  } else {
+    static_assert(VEC == 1, "unsupported vector width");
+    out[0] = *p;
+  }
+}
+
+// Loads an O x IN operand tile whose IN dimension is contiguous in memory: tile element
+// (o, in) is src[(o0 + o) * so + in0 + in], zero outside [0, o_lim) x [0, in_lim) and zero
+// where the optional mask (same layout as src) is 0; store(o, in, value) puts it in shared
+// memory. Consecutive threads take consecutive elements along IN, so loads coalesce. With
+// vec, VEC = 16 / sizeof(raw_t) elements move as one 16-byte load: the host guarantees
+// 16-byte aligned bases and so, in_lim multiples of VEC, so a vector (starting at a multiple
+// of VEC) lies entirely inside or entirely outside the matrix. Returns whether any mask
+// element in the tile was set.
+template <int O, int IN, int NT, typename raw_t, typename Store>
+__device__ __forceinline__ int load_tile(const raw_t* __restrict__ src,
+                                         const uint8_t* __restrict__ msk, int64_t so, int64_t o0,
+                                         int64_t in0, int64_t o_lim, int64_t in_lim, bool vec,
+                                         Store store) {
+  constexpr int VEC = 16 / sizeof(raw_t);
+  static_assert(IN % VEC == 0, "tile width must be a multiple of the vector width");
+  int any = 0;
+  if (vec) {
+    for (int e = threadIdx.x; e < O * IN / VEC; e += NT) {
+      const int o = e / (IN / VEC), in = (e % (IN / VEC)) * VEC;
+      const int64_t go = o0 + o, gi = in0 + in;
+      raw_t v[VEC];
+      if (go < o_lim && gi < in_lim) {
+        const int64_t off = go * so + gi;
+        const uint4 u = *reinterpret_cast<const uint4*>(src + off);
+        memcpy(v, &u, 16);
+        if (msk != nullptr) {
+          uint8_t mb[VEC];
+          load_mask_bytes<VEC>(msk + off, mb);
+#pragma unroll
+          for (int t = 0; t < VEC; ++t) {
+            if (mb[t] == 0) v[t] = raw_t(0);
+            else any = 1;
+          }
+        }
+      } else {
+#pragma unroll
+        for (int t = 0; t < VEC; ++t) v[t] = raw_t(0);
+      }
+#pragma unroll
+      for (int t = 0; t < VEC; ++t) store(o, in + t, v[t]);
+    }
+  } else {
+    for (int e = threadIdx.x; e < O * IN; e += NT) {
+      const int o = e / IN, in = e % IN;
+      const int64_t go = o0 + o, gi = in0 + in;
+      raw_t v = raw_t(0);
+      if (go < o_lim && gi < in_lim) {
+        const int64_t off = go * so + gi;
+        const bool keep = msk == nullptr || msk[off] != 0;
+        if (keep) v = src[off];
+        any |= keep && msk != nullptr;
+      }
+      store(o, in, v);
+    }
+  }
+  return any;
+}
+
+// The A tile (BM x BK, stored by set_a(m, k, v)) and the masked B tile (BK x BN, stored by
+// set_b(k, n, v)) of k-step k0; every operand has one unit stride (the host checks).
+// Returns whether the B tile has any kept element (always true without a B mask).
+template <int BM, int BN, int BK, int NT, typename raw_t, typename scalar_t, typename SetB>
+__device__ __forceinline__ int load_b_tile(const GemmArgs<scalar_t>& p, const raw_t* b,
+                                           int64_t k0, int64_t n0, SetB set_b) {
+  int any;
+  if (p.sbn == 1) {  // rows of B along k, contiguous along n
+    any = load_tile<BK, BN, NT>(b, p.b_mask, p.sbk, k0, n0, p.K, p.N, p.b_vec,
+                                [&](int k, int n, raw_t v) { set_b(k, n, v); });
+  } else {  // contiguous along k
+    any = load_tile<BN, BK, NT>(b, p.b_mask, p.sbn, n0, k0, p.N, p.K, p.b_vec,
+                                [&](int n, int k, raw_t v) { set_b(k, n, v); });
+  }
+  return any | (p.b_mask == nullptr);
+}
+
+template <int BM, int BN, int BK, int NT, typename raw_t, typename scalar_t, typename SetA>
+__device__ __forceinline__ void load_a_tile(const GemmArgs<scalar_t>& p, const raw_t* a,
+                                            int64_t m0, int64_t k0, SetA set_a) {
+  if (p.sak == 1) {  // contiguous along k
+    load_tile<BM, BK, NT>(a, nullptr, p.sam, m0, k0, p.M, p.K, p.a_vec,
+                          [&](int m, int k, raw_t v) { set_a(m, k, v); });
+  } else {  // contiguous along m
+    load_tile<BK, BM, NT>(a, nullptr, p.sak, k0, m0, p.K, p.M, p.a_vec,
+                          [&](int k, int m, raw_t v) { set_a(m, k, v); });
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // SIMT kernel (fp32 with FFMA, fp64).
@@ -62,9 +169,6 @@ __global__ void __launch_bounds__(kSimtThreads)
   const int tx = tid % 16, ty = tid / 16;  // thread owns rows ty+16i, columns tx+16j
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  const bool a_k_contig = p.sak == 1;
-  const bool b_n_contig = p.sbn == 1;
-
   acc_t acc[4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -73,29 +177,11 @@ __global__ void __launch_bounds__(kSimtThreads)
 
   for (int64_t k0 = 0; k0 < p.K; k0 += BK) {
     // B tile (masked) first: an all-zero mask block skips the A load and the math.
-    int any = p.b_mask == nullptr;
-    for (int e = tid; e < BK * BN; e += kSimtThreads) {
-      int kk, nn;
-      if (b_n_contig) { kk = e / BN; nn = e % BN; } else { nn = e / BK; kk = e % BK; }
-      const int64_t k = k0 + kk, n = n0 + nn;
-      acc_t v = acc_t(0);
-      if (k < p.K && n < p.N) {
-        const int64_t off = k * p.sbk + n * p.sbn;
-        const bool keep = p.b_mask == nullptr || p.b_mask[off] != 0;
-        if (keep) v = static_cast<acc_t>(p.b[off]);
-        any |= keep && p.b_mask != nullptr;
-      }
-      Bs[kk][nn] = v;
-    }
+    const int any = load_b_tile<BM, BN, BK, kSimtThreads>(
+        p, p.b, k0, n0, [&](int k, int n, scalar_t v) { Bs[k][n] = static_cast<acc_t>(v); });
     if (!__syncthreads_or(any)) continue;  // uniform: every thread sees the same result
-
-    for (int e = tid; e < BM * BK; e += kSimtThreads) {
-      int mm, kk;
-      if (a_k_contig) { mm = e / BK; kk = e % BK; } else { kk = e / BM; mm = e % BM; }
-      const int64_t m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < p.M && k < p.K) ? static_cast<acc_t>(p.a[m * p.sam + k * p.sak])
-                                        : acc_t(0);
-    }
+    load_a_tile<BM, BN, BK, kSimtThreads>(
+        p, p.a, m0, k0, [&](int m, int k, scalar_t v) { As[k][m] = static_cast<acc_t>(v); });
     __syncthreads();
 
 #pragma unroll
@@ -170,8 +256,6 @@ __global__ void __launch_bounds__(kWmmaThreads)
   const int wr = warp / 2, wc = warp % 2;  // warp computes rows wr*32.., columns wc*32..
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  const bool a_k_contig = p.sak == 1;
-  const bool b_n_contig = p.sbn == 1;
   const uint16_t* a = reinterpret_cast<const uint16_t*>(p.a);
   const uint16_t* b = reinterpret_cast<const uint16_t*>(p.b);
 
@@ -182,28 +266,11 @@ __global__ void __launch_bounds__(kWmmaThreads)
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
   for (int64_t k0 = 0; k0 < p.K; k0 += BK) {
-    int any = p.b_mask == nullptr;
-    for (int e = tid; e < BK * BN; e += kWmmaThreads) {
-      int kk, nn;
-      if (b_n_contig) { kk = e / BN; nn = e % BN; } else { nn = e / BK; kk = e % BK; }
-      const int64_t k = k0 + kk, n = n0 + nn;
-      uint16_t v = 0;
-      if (k < p.K && n < p.N) {
-        const int64_t off = k * p.sbk + n * p.sbn;
-        const bool keep = p.b_mask == nullptr || p.b_mask[off] != 0;
-        if (keep) v = b[off];
-        any |= keep && p.b_mask != nullptr;
-      }
-      Bs[kk * kWmmaLdB + nn] = v;
-    }
+    const int any = load_b_tile<BM, BN, BK, kWmmaThreads>(
+        p, b, k0, n0, [&](int k, int n, uint16_t v) { Bs[k * kWmmaLdB + n] = v; });
     if (!__syncthreads_or(any)) continue;
-
-    for (int e = tid; e < BM * BK; e += kWmmaThreads) {
-      int mm, kk;
-      if (a_k_contig) { mm = e / BK; kk = e % BK; } else { kk = e / BM; mm = e % BM; }
-      const int64_t m = m0 + mm, k = k0 + kk;
-      As[mm * kWmmaLdA + kk] = (m < p.M && k < p.K) ? a[m * p.sam + k * p.sak] : uint16_t(0);
-    }
+    load_a_tile<BM, BN, BK, kWmmaThreads>(
+        p, a, m0, k0, [&](int m, int k, uint16_t v) { As[m * kWmmaLdA + k] = v; });
     __syncthreads();
 
 #pragma unroll
@@ -247,9 +314,26 @@ __global__ void __launch_bounds__(kWmmaThreads)
 #endif
 }
 
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// 16-byte loads of an operand are safe when its base is 16-byte aligned and both its row
+// stride and the length of its contiguous dimension are multiples of the vector width.
+bool operand_vectorizable(const void* ptr, const uint8_t* mask, int64_t row_stride,
+                          int64_t contiguous_len, int64_t vec) {
+  return aligned16(ptr) && (mask == nullptr || aligned16(mask)) && row_stride % vec == 0 &&
+         contiguous_len % vec == 0;
+}
+
 template <typename scalar_t>
-void launch_masked_gemm(const GemmArgs<scalar_t>& p) {
+void launch_masked_gemm(GemmArgs<scalar_t> p) {
   if (p.M == 0 || p.N == 0) return;
+  TORCH_CHECK((p.sak == 1 || p.sam == 1) && (p.sbn == 1 || p.sbk == 1),
+              "masked_linear (cuda): internal error, operand without a unit stride");
+  constexpr int64_t vec = 16 / sizeof(scalar_t);
+  p.a_vec = p.sak == 1 ? operand_vectorizable(p.a, nullptr, p.sam, p.K, vec)
+                       : operand_vectorizable(p.a, nullptr, p.sak, p.M, vec);
+  p.b_vec = p.sbn == 1 ? operand_vectorizable(p.b, p.b_mask, p.sbk, p.N, vec)
+                       : operand_vectorizable(p.b, p.b_mask, p.sbn, p.K, vec);
   const bool wmma = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
   const int bm = wmma ? kWmmaBM : kSimtBM, bn = wmma ? kWmmaBN : kSimtBN;
   const int64_t gx = (p.M + bm - 1) / bm, gy = (p.N + bn - 1) / bn;

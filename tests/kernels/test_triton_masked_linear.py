@@ -58,8 +58,8 @@ def test_occupancy_and_tile_lists():
 def test_skipping_is_bit_identical_to_no_skipping(dtype):
     n, k, b = 4 * T, 3 * T + 5, 2 * T - 3
     tile_f, tile_i, tile_w = K.TILES["fwd"], K.TILES["grad_input"], K.TILES["grad_weight"]
-    mask = _block_mask(n, k, (max(tile_f[0], tile_i[0], tile_w[0]), max(tile_f[1], tile_i[1], tile_w[1])),
-                       empty_rows=(1,), empty_cols=(0, 2))  # fmt: skip
+    coarse = (max(tile_f[0], tile_i[0], tile_w[0]), max(tile_f[1], tile_i[1], tile_w[1]))
+    mask = _block_mask(n, k, coarse, empty_rows=(1,), empty_cols=(0, 2))
     x, w, gy = _randn(b, k, dtype=dtype), _randn(n, k, dtype=dtype, seed=1), _randn(b, n, dtype=dtype, seed=2)
     for skip in (True, False):
         K.clear_cache()
@@ -73,7 +73,8 @@ def test_skipping_is_bit_identical_to_no_skipping(dtype):
     for a, c in zip(skipped, out):
         assert torch.equal(a, c)
     ref = reference.masked_linear(x.double(), w.double(), mask)
-    torch.testing.assert_close(skipped[0].double(), ref, atol=0.05 if dtype == torch.bfloat16 else 1e-4, rtol=0.02)
+    tol = 0.05 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(skipped[0].double(), ref, atol=tol, rtol=0.02)
     assert not skipped[2][~mask].any()  # grad_W exactly zero off the mask
 
 
@@ -104,7 +105,8 @@ def test_cache_follows_in_place_mask_edits_and_new_masks():
     y1 = K.forward(x, w, mask, None)
     mask[n - 1, 0] = True  # in place: bumps _version, the empty tile is no longer empty
     y2 = K.forward(x, w, mask, None)
-    torch.testing.assert_close(y2.double(), reference.masked_linear(x.double(), w.double(), mask), atol=1e-4, rtol=1e-4)
+    ref = reference.masked_linear(x.double(), w.double(), mask)
+    torch.testing.assert_close(y2.double(), ref, atol=1e-4, rtol=1e-4)
     assert not torch.equal(y1[:, n - 1], y2[:, n - 1])
     for seed in range(3):  # fresh masks (possibly at a recycled address) never hit a stale entry
         m = _block_mask(n, k, (T, T), empty_rows=(seed % 2,), seed=seed)
