@@ -14,9 +14,11 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(ceag, m) {
   // y = x @ (weight * mask).T + bias. x is [B, K]. csr_ptr/csr_idx: the mask's kept
   // positions by output row (int32); when given, the CPU kernel takes its sparse path.
+  // csc_ptr/csc_idx (kept positions by input column) are not read by the forward: they ride
+  // along so that autograd can hand them to masked_linear_grad_input.
   m.def(
       "masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias, "
-      "Tensor? csr_ptr, Tensor? csr_idx) -> Tensor");
+      "Tensor? csr_ptr, Tensor? csr_idx, Tensor? csc_ptr, Tensor? csc_idx) -> Tensor");
   // grad_x = grad_y @ (weight * mask). csc_ptr/csc_idx: kept positions by input column.
   m.def(
       "masked_linear_grad_input(Tensor grad_y, Tensor weight, Tensor mask, "

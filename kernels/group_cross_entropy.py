@@ -33,12 +33,13 @@ of (row block, class chunk) tiles.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+
+from ceag.kernels._interpreter import INTERPRET, opaque_under_interpreter, traced
 
 __all__ = [
     "PARTIALS_MAX_GROUPS",
@@ -47,7 +48,6 @@ __all__ = [
     "weighted_group_cross_entropy_triton",
 ]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: Largest G reduced through deterministic per-program partials; above it, atomics.
 PARTIALS_MAX_GROUPS = 256
@@ -55,31 +55,6 @@ PARTIALS_MAX_GROUPS = 256
 MAX_BLOCK_C = 1024 if INTERPRET else 4096
 MAX_TILE = 4096 if INTERPRET else 8192
 MAX_BLOCK_R = 64
-
-
-def _traced(*tensors) -> bool:
-    """True for tensors without real data (FakeTensor, FunctionalTensor) under the interpreter.
-
-    torch.library.wrap_triton hands interpreted kernels back unwrapped (no tracing HOP), so
-    under TRITON_INTERPRET=1 the host code must not launch them while torch.compile traces;
-    the ops are then opaque to the compiler (see _opaque_under_interpreter). Compiled Triton
-    (a GPU) never takes this path: wrap_triton traces the launches there.
-    """
-    return INTERPRET and any(t is not None and type(t) is not torch.Tensor for t in tensors)
-
-
-def _opaque_under_interpreter(*ops) -> None:
-    """Under the interpreter, keep the ops whole under functionalization (torch.compile then
-    calls them like any custom op) instead of decomposing them into kernel launches."""
-    if not INTERPRET:
-        return
-    from torch._subclasses.functional_tensor import FunctionalTensorMode
-
-    def keep_whole(mode, op, types, args, kwargs):
-        return mode.__torch_dispatch__(op, types, args, kwargs)
-
-    for op in ops:
-        op.register_torch_dispatch(FunctionalTensorMode, keep_whole)
 
 
 def _blocks(n: int, c: int, block_c: int | None) -> tuple[int, int, int]:
@@ -285,7 +260,7 @@ def forward(
     correct = torch.zeros(g, dtype=torch.int64, device=dev)
     count = torch.zeros(g, dtype=torch.int64, device=dev)
     outs = (loss_sum, correct, count, sample_correct, lse)
-    if n == 0 or _traced(logits, target, group, group_weight):
+    if n == 0 or traced(logits, target, group, group_weight):
         return (*outs, grad) if weighted else outs
 
     block_r, block_c, warps = _blocks(n, c, block_c)
@@ -327,7 +302,7 @@ def backward(
 ) -> torch.Tensor:
     n, c = logits.shape
     grad = torch.empty((n, c), dtype=logits.dtype, device=logits.device)
-    if n == 0 or _traced(grad_loss_sum, logits, target, group, lse):
+    if n == 0 or traced(grad_loss_sum, logits, target, group, lse):
         return grad
     block_r, block_c, warps = _blocks(n, c, block_c)
     grid = (triton.cdiv(n, block_r), triton.cdiv(c, block_c))
@@ -387,7 +362,7 @@ def weighted_group_cross_entropy_triton(
 def _register_autograd() -> None:
     from ceag.ops.group_cross_entropy import register_group_cross_entropy_autograd
 
-    _opaque_under_interpreter(
+    opaque_under_interpreter(
         group_cross_entropy_triton,
         group_cross_entropy_backward_triton,
         weighted_group_cross_entropy_triton,

@@ -45,6 +45,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ceag.kernels._interpreter import INTERPRET, opaque_under_interpreter, traced
+
 __all__ = [
     "masked_linear_triton",
     "masked_linear_grad_input_triton",
@@ -53,7 +55,6 @@ __all__ = [
     "tile_lists",
 ]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # (BLOCK_N, BLOCK_K) of each kernel, the mask granularity of its tile skipping; fp64 (CUDA-core
 # products, see _mma) uses small tiles. Under the interpreter small tiles keep test shapes small
@@ -161,31 +162,6 @@ def _mask_tiles(mask: torch.Tensor, block_n: int, block_k: int, kind: str, skip:
 def clear_cache() -> None:
     """Drop every cached occupancy bitmap and tile list."""
     _cache.clear()
-
-
-def _traced(*tensors) -> bool:
-    """True for tensors without real data (FakeTensor, FunctionalTensor) under the interpreter.
-
-    torch.library.wrap_triton hands interpreted kernels back unwrapped (no tracing HOP), so
-    under TRITON_INTERPRET=1 the host code must not launch them while torch.compile traces;
-    the ops are then opaque to the compiler (see _opaque_under_interpreter). Compiled Triton
-    (a GPU) never takes this path: wrap_triton traces the launches there.
-    """
-    return INTERPRET and any(t is not None and type(t) is not torch.Tensor for t in tensors)
-
-
-def _opaque_under_interpreter(*ops) -> None:
-    """Under the interpreter, keep the ops whole under functionalization (torch.compile then
-    calls them like any custom op) instead of decomposing them into kernel launches."""
-    if not INTERPRET:
-        return
-    from torch._subclasses.functional_tensor import FunctionalTensorMode
-
-    def keep_whole(mode, op, types, args, kwargs):
-        return mode.__torch_dispatch__(op, types, args, kwargs)
-
-    for op in ops:
-        op.register_torch_dispatch(FunctionalTensorMode, keep_whole)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -364,7 +340,7 @@ def forward(x, weight, mask, bias=None, *, tile=None, skip=True) -> torch.Tensor
     b, k = x.shape
     n = weight.shape[0]
     y = torch.empty((b, n), dtype=x.dtype, device=x.device)
-    if b == 0 or n == 0 or _traced(x, weight, mask, bias):
+    if b == 0 or n == 0 or traced(x, weight, mask, bias):
         return y
     count, index = _mask_tiles(mask, block_n, block_k, "fwd", skip)
     m = _as_uint8(mask)
@@ -387,7 +363,7 @@ def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
     b, n = grad_y.shape
     k = weight.shape[1]
     gx = torch.empty((b, k), dtype=grad_y.dtype, device=grad_y.device)
-    if b == 0 or k == 0 or _traced(grad_y, weight, mask):
+    if b == 0 or k == 0 or traced(grad_y, weight, mask):
         return gx
     count, index = _mask_tiles(mask, block_n, block_k, "grad_input", skip)
     m = _as_uint8(mask)
@@ -411,7 +387,7 @@ def grad_weight(grad_y, x, mask, *, tile=None, skip=True) -> torch.Tensor:
     b, n = grad_y.shape
     k = x.shape[1]
     gw = torch.empty((n, k), dtype=x.dtype, device=x.device)
-    if n == 0 or k == 0 or _traced(grad_y, x, mask):
+    if n == 0 or k == 0 or traced(grad_y, x, mask):
         return gw
     (occ,) = _mask_tiles(mask, block_n, block_k, "grad_weight", skip)
     m = _as_uint8(mask)
@@ -440,6 +416,8 @@ def masked_linear_triton(
     bias: torch.Tensor | None,
     csr_ptr: torch.Tensor | None,
     csr_idx: torch.Tensor | None,
+    csc_ptr: torch.Tensor | None,
+    csc_idx: torch.Tensor | None,
 ) -> torch.Tensor:
     return forward(x, weight, mask, bias)
 
@@ -469,7 +447,7 @@ def masked_linear_grad_weight_triton(
 def _register_autograd() -> None:
     from ceag.ops.masked_linear import register_masked_linear_autograd
 
-    _opaque_under_interpreter(
+    opaque_under_interpreter(
         masked_linear_triton, masked_linear_grad_input_triton, masked_linear_grad_weight_triton
     )
     register_masked_linear_autograd(

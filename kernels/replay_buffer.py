@@ -22,44 +22,19 @@ in Python:
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ceag.kernels._interpreter import INTERPRET, opaque_under_interpreter, traced
+
 __all__ = ["KERNEL_MAX_N", "replay_buffer_update_triton_"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: Largest batch the O(N^2) Triton kernel takes; larger batches use the sort-based path.
 KERNEL_MAX_N = 16384
-
-
-def _traced(*tensors) -> bool:
-    """True for tensors without real data (FakeTensor, FunctionalTensor) under the interpreter.
-
-    torch.library.wrap_triton hands interpreted kernels back unwrapped (no tracing HOP), so
-    under TRITON_INTERPRET=1 the host code must not launch them while torch.compile traces;
-    the ops are then opaque to the compiler (see _opaque_under_interpreter). Compiled Triton
-    (a GPU) never takes this path: wrap_triton traces the launches there.
-    """
-    return INTERPRET and any(t is not None and type(t) is not torch.Tensor for t in tensors)
-
-
-def _opaque_under_interpreter(*ops) -> None:
-    """Under the interpreter, keep the ops whole under functionalization (torch.compile then
-    calls them like any custom op) instead of decomposing them into kernel launches."""
-    if not INTERPRET:
-        return
-    from torch._subclasses.functional_tensor import FunctionalTensorMode
-
-    def keep_whole(mode, op, types, args, kwargs):
-        return mode.__torch_dispatch__(op, types, args, kwargs)
-
-    for op in ops:
-        op.register_torch_dispatch(FunctionalTensorMode, keep_whole)
 
 
 @triton.jit
@@ -143,7 +118,7 @@ def _update_with_sort(buffer, head, fill, group, values) -> None:
 def update(buffer, head, fill, group, values, *, use_kernel: bool | None = None) -> None:
     """In-place update; ``use_kernel`` forces a path (tests), default by :data:`KERNEL_MAX_N`."""
     n = group.shape[0]
-    if n == 0 or _traced(buffer, head, fill, group, values):
+    if n == 0 or traced(buffer, head, fill, group, values):
         return
     if values.dtype != buffer.dtype:
         values = values.to(buffer.dtype)
@@ -166,4 +141,4 @@ def replay_buffer_update_triton_(
     update(buffer, head, fill, group, values)
 
 
-_opaque_under_interpreter(replay_buffer_update_triton_)
+opaque_under_interpreter(replay_buffer_update_triton_)

@@ -98,7 +98,7 @@ class MaskedLinear(nn.Linear):
         if torch.compiler.is_compiling():
             layout = self._layout
             if layout is not None and (
-                layout.packed_ptr.device != self.mask.device or layout.shape != tuple(self.mask.shape)
+                layout.device != self.mask.device or layout.shape != tuple(self.mask.shape)
             ):
                 layout = None
         else:

@@ -52,7 +52,7 @@ def _qualname(op: Any) -> str:
         return op._schema.name
     if isinstance(op, torch._ops.OpOverloadPacket):
         return op._qualified_op_name
-    name = getattr(op, "_name", None)  # torch.library.custom_op / triton_op objects
+    name = getattr(op, "_qualname", None)  # torch.library.custom_op / triton_op objects
     if isinstance(name, str):
         return name
     raise TypeError(f"expected a torch op or its qualified name, got {op!r}")

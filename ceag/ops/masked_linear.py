@@ -54,35 +54,18 @@ _INT32_MAX = 2**31 - 1
 class MaskLayout:
     """The kept positions of a mask [N, K], compressed two ways (int32, on the mask's device).
 
-    ``csr_ptr`` [N+1] / ``csr_idx`` [nnz]: kept columns of each output row, ascending.
-    ``csc_ptr`` [K+1] / ``csc_idx`` [nnz]: kept rows of each input column, ascending.
-
-    The four tensors are views of two buffers, ``packed_ptr = cat(csr_ptr, csc_ptr)`` and
-    ``packed_idx = cat(csr_idx, csc_idx)``, which is the form the forward op receives: the
-    op's schema has room for one (ptr, idx) pair and its backward needs both layouts.
+    ``csr_ptr`` [N+1] / ``csr_idx`` [nnz]: kept columns of each output row, ascending (forward
+    and grad_weight). ``csc_ptr`` [K+1] / ``csc_idx`` [nnz]: kept rows of each input column,
+    ascending (grad_input).
     """
 
-    packed_ptr: torch.Tensor
-    packed_idx: torch.Tensor
+    csr_ptr: torch.Tensor
+    csr_idx: torch.Tensor
+    csc_ptr: torch.Tensor
+    csc_idx: torch.Tensor
     shape: tuple[int, int]
     nnz: int
     density: float
-
-    @property
-    def csr_ptr(self) -> torch.Tensor:
-        return self.packed_ptr[: self.shape[0] + 1]
-
-    @property
-    def csc_ptr(self) -> torch.Tensor:
-        return self.packed_ptr[self.shape[0] + 1 :]
-
-    @property
-    def csr_idx(self) -> torch.Tensor:
-        return self.packed_idx[: self.nnz]
-
-    @property
-    def csc_idx(self) -> torch.Tensor:
-        return self.packed_idx[self.nnz :]
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "MaskLayout":
@@ -97,40 +80,30 @@ class MaskLayout:
         flat_t = mask.t().reshape(-1).nonzero().squeeze(1)  # sorted by column, then row
         csc_idx = (flat_t % n).to(torch.int32) if n > 0 else flat_t.to(torch.int32)
         zero = torch.zeros(1, dtype=torch.int32, device=mask.device)
-        row_counts = mask.sum(1, dtype=torch.int32)
-        col_counts = mask.sum(0, dtype=torch.int32)
-        packed_ptr = torch.cat(
-            [zero, row_counts.cumsum(0, dtype=torch.int32), zero, col_counts.cumsum(0, dtype=torch.int32)]
-        )
+        csr_ptr = torch.cat([zero, mask.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)])
+        csc_ptr = torch.cat([zero, mask.sum(0, dtype=torch.int32).cumsum(0, dtype=torch.int32)])
         nnz = int(flat.numel())
         return cls(
-            packed_ptr=packed_ptr.contiguous(),
-            packed_idx=torch.cat([csr_idx, csc_idx]).contiguous(),
+            csr_ptr=csr_ptr,
+            csr_idx=csr_idx.contiguous(),
+            csc_ptr=csc_ptr,
+            csc_idx=csc_idx.contiguous(),
             shape=(n, k),
             nnz=nnz,
             density=nnz / (n * k) if n * k > 0 else 1.0,
         )
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(csr_ptr, csr_idx, csc_ptr, csc_idx), the order the ops take them in."""
+        return self.csr_ptr, self.csr_idx, self.csc_ptr, self.csc_idx
+
+    @property
+    def device(self) -> torch.device:
+        return self.csr_ptr.device
+
     def to(self, device: torch.device | str) -> "MaskLayout":
-        return MaskLayout(
-            self.packed_ptr.to(device), self.packed_idx.to(device), self.shape, self.nnz, self.density
-        )
-
-
-def _split_layout(
-    ptr: torch.Tensor | None, idx: torch.Tensor | None, n: int, k: int
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(csr_ptr, csr_idx, csc_ptr, csc_idx) from the forward op's layout arguments.
-
-    Those are either a CSR pair (then no CSC: grad_x takes the dense path) or a
-    :class:`MaskLayout`'s packed pair. Only static shapes are used (traceable).
-    """
-    if ptr is None or idx is None:
-        return None, None, None, None
-    if ptr.shape[0] == n + k + 2:
-        nnz = idx.shape[0] // 2
-        return ptr[: n + 1], idx[:nnz], ptr[n + 1 :], idx[nnz:]
-    return ptr, idx, None, None
+        moved = [t.to(device) for t in self.tensors()]
+        return MaskLayout(*moved, shape=self.shape, nnz=self.nnz, density=self.density)
 
 
 def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -> None:
@@ -142,7 +115,7 @@ def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -
     """
 
     @torch.library.register_fake(forward_op)
-    def _forward_fake(x, weight, mask, bias, csr_ptr, csr_idx):
+    def _forward_fake(x, weight, mask, bias, csr_ptr, csr_idx, csc_ptr, csc_idx):
         torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
         torch._check(x.shape[1] == weight.shape[1], lambda: "x and weight disagree on K")
         return x.new_empty((x.shape[0], weight.shape[0]))
@@ -158,13 +131,11 @@ def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -
         return x.new_empty((mask.shape[0], mask.shape[1]))
 
     def setup_context(ctx, inputs, output):
-        x, weight, mask, bias, ptr, idx = inputs
-        ctx.save_for_backward(x, weight, mask, ptr, idx)
+        x, weight, mask, _bias, csr_ptr, csr_idx, csc_ptr, csc_idx = inputs
+        ctx.save_for_backward(x, weight, mask, csr_ptr, csr_idx, csc_ptr, csc_idx)
 
     def backward(ctx, grad_y):
-        x, weight, mask, ptr, idx = ctx.saved_tensors
-        n, k = weight.shape
-        csr_ptr, csr_idx, csc_ptr, csc_idx = _split_layout(ptr, idx, n, k)
+        x, weight, mask, csr_ptr, csr_idx, csc_ptr, csc_idx = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -173,7 +144,7 @@ def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -
             grad_w = grad_weight_op(grad_y, x, mask, csr_ptr, csr_idx)
         if ctx.needs_input_grad[3]:
             grad_b = grad_y.sum(0)
-        return grad_x, grad_w, None, grad_b, None, None
+        return grad_x, grad_w, None, grad_b, None, None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
@@ -220,22 +191,25 @@ def cpu_layout(mask: torch.Tensor) -> MaskLayout | None:
     return MaskLayout.from_mask(mask)
 
 
+_NO_LAYOUT = (None, None, None, None)
+
+
 def _cpu_layout_args(mask: torch.Tensor, layout: MaskLayout | None):
-    """The (ptr, idx) pair the C++ op gets on CPU: a layout below the threshold, else None."""
+    """The layout tensors the C++ op gets on CPU: a layout below the threshold, else Nones."""
     if layout is None:
         if torch.compiler.is_compiling():
-            return None, None
+            return _NO_LAYOUT
         # No cached layout: compress the mask on the fly when it is sparse enough. This costs a
         # few passes over the mask (less than the dense path's W*M) and serves the forward and
         # both gradients; layers should cache it instead (ceag.nn.MaskedLinear does).
         layout = cpu_layout(mask)
         if layout is None:
-            return None, None
+            return _NO_LAYOUT
     if layout.density >= DENSE_THRESHOLD:
-        return None, None
-    if layout.packed_ptr.device != mask.device:
-        raise ValueError(f"layout is on {layout.packed_ptr.device} but mask is on {mask.device}")
-    return layout.packed_ptr, layout.packed_idx
+        return _NO_LAYOUT
+    if layout.device != mask.device:
+        raise ValueError(f"layout is on {layout.device} but mask is on {mask.device}")
+    return layout.tensors()
 
 
 def masked_linear(
@@ -265,10 +239,8 @@ def masked_linear(
     if backend == "triton":
         import ceag.kernels.masked_linear  # noqa: F401  (registers the *_triton ops)
 
-        y = torch.ops.ceag.masked_linear_triton(x2, weight, mask, bias, None, None)
+        y = torch.ops.ceag.masked_linear_triton(x2, weight, mask, bias, *_NO_LAYOUT)
     else:
-        ptr, idx = (None, None)
-        if x.device.type == "cpu":
-            ptr, idx = _cpu_layout_args(mask, layout)
-        y = torch.ops.ceag.masked_linear(x2, weight, mask, bias, ptr, idx)
+        layout_args = _cpu_layout_args(mask, layout) if x.device.type == "cpu" else _NO_LAYOUT
+        y = torch.ops.ceag.masked_linear(x2, weight, mask, bias, *layout_args)
     return y.reshape(*lead, n)

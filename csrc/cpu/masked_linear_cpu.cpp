@@ -214,7 +214,9 @@ at::Tensor dense_masked_weight(const at::Tensor& weight, const at::Tensor& mask)
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const std::optional<at::Tensor>& bias,
                              const std::optional<at::Tensor>& csr_ptr,
-                             const std::optional<at::Tensor>& csr_idx) {
+                             const std::optional<at::Tensor>& csr_idx,
+                             const std::optional<at::Tensor>& /*csc_ptr: backward only*/,
+                             const std::optional<at::Tensor>& /*csc_idx: backward only*/) {
   const int64_t N = weight.dim() == 2 ? weight.size(0) : 0;
   const int64_t K = weight.dim() == 2 ? weight.size(1) : 0;
   check_common(x, "x", K, "K (weight.size(1))", weight, mask);
@@ -232,14 +234,8 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
     at::Tensor wm = dense_masked_weight(weight, mask);
     return bias.has_value() ? at::addmm(*bias, x, wm.t()) : at::mm(x, wm.t());
   }
-  // csr_ptr/csr_idx may also be ceag.ops.MaskLayout's packed form: the CSC appended
-  // (ptr [N+1 + K+1], idx [2 * nnz]) so that the backward finds both layouts; the forward
-  // reads the CSR half.
-  at::Tensor ptr = *csr_ptr, idx = *csr_idx;
-  if (ptr.dim() == 1 && ptr.size(0) == N + K + 2 && idx.dim() == 1) {
-    ptr = ptr.narrow(0, 0, N + 1);
-    idx = idx.narrow(0, 0, idx.size(0) / 2);
-  }
+  const at::Tensor& ptr = *csr_ptr;
+  const at::Tensor& idx = *csr_idx;
   check_layout("csr_ptr", ptr, "csr_idx", idx, N);
   at::Tensor y = at::empty({B, N}, x.options());
   if (B == 0 || N == 0) return y;

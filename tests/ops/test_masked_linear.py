@@ -214,13 +214,13 @@ def test_gradcheck_float64(path):
     b = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(9, 13, generator=g) < 0.4
     lay = MaskLayout.from_mask(mask)
-    ptr, idx = (lay.packed_ptr, lay.packed_idx) if path == "sparse" else (None, None)
+    layout_args = lay.tensors() if path == "sparse" else (None,) * 4
     op = torch.ops.ceag.masked_linear
-    assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, mask, b, ptr, idx), (x, w, b))
-    # CSR-only layout: grad_x falls back to the dense path, still correct
+    assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, mask, b, *layout_args), (x, w, b))
+    # CSR only (no CSC): grad_x falls back to the dense path, still correct
     if path == "sparse":
         assert torch.autograd.gradcheck(
-            lambda x, w, b: op(x, w, mask, b, lay.csr_ptr, lay.csr_idx), (x, w, b)
+            lambda x, w, b: op(x, w, mask, b, lay.csr_ptr, lay.csr_idx, None, None), (x, w, b)
         )
 
 
@@ -238,20 +238,20 @@ def _opcheck_samples():
     return out
 
 
-@pytest.mark.parametrize("layout", ["packed", "csr", "none"])
+@pytest.mark.parametrize("layout", ["full", "csr", "none"])
 def test_opcheck(layout):
     from torch.library import opcheck
 
     for x, w, b, mask, lay, gy in _opcheck_samples():
-        ptr, idx = {
-            "packed": (lay.packed_ptr, lay.packed_idx),
-            "csr": (lay.csr_ptr, lay.csr_idx),
-            "none": (None, None),
+        layout_args = {
+            "full": lay.tensors(),
+            "csr": (lay.csr_ptr, lay.csr_idx, None, None),
+            "none": (None,) * 4,
         }[layout]
         grad = x.dtype != torch.bfloat16
         xs, ws, bs = (t.clone().requires_grad_(grad) for t in (x, w, b))
-        opcheck(torch.ops.ceag.masked_linear.default, (xs, ws, mask, bs, ptr, idx))
-        opcheck(torch.ops.ceag.masked_linear.default, (xs, ws, mask, None, ptr, idx))
+        opcheck(torch.ops.ceag.masked_linear.default, (xs, ws, mask, bs, *layout_args))
+        opcheck(torch.ops.ceag.masked_linear.default, (xs, ws, mask, None, *layout_args))
         cp, ci = (lay.csc_ptr, lay.csc_idx) if layout != "none" else (None, None)
         rp, ri = (lay.csr_ptr, lay.csr_idx) if layout != "none" else (None, None)
         opcheck(torch.ops.ceag.masked_linear_grad_input.default, (gy, w, mask, cp, ci))
@@ -276,8 +276,7 @@ def test_hypothesis_cpp_both_paths(B, N, K, density, bias, seed):
     gw_ref = (gy.double().t() @ x.double()) * mask
     ops = torch.ops.ceag
     for sparse in (True, False):
-        ptr, idx = (lay.packed_ptr, lay.packed_idx) if sparse else (None, None)
-        y = ops.masked_linear(x, w, mask, b, ptr, idx)
+        y = ops.masked_linear(x, w, mask, b, *(lay.tensors() if sparse else (None,) * 4))
         gx = ops.masked_linear_grad_input(gy, w, mask, *((lay.csc_ptr, lay.csc_idx) if sparse else (None, None)))
         gw = ops.masked_linear_grad_weight(gy, x, mask, *((lay.csr_ptr, lay.csr_idx) if sparse else (None, None)))
         tol = dict(rtol=1e-4, atol=1e-4)
@@ -360,14 +359,14 @@ def test_bad_layout_and_backend():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m.float(), b, None, None), "mask must be bool"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x[:, :2], w, m, b, None, None), "x must have"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w.double(), m, b, None, None), "weight dtype"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b[:2], None, None), "bias must have shape"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr, None), "given together"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr.long(), L.csr_idx), "csr_ptr must be int32"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr[:-1], L.csr_idx), "csr_ptr must have shape"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr, L.csr_idx + 100), "out of range"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m.float(), b, None, None, None, None), "mask must be bool"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x[:, :2], w, m, b, None, None, None, None), "x must have"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w.double(), m, b, None, None, None, None), "weight dtype"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b[:2], None, None, None, None), "bias must have shape"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr, None, None, None), "given together"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr.long(), L.csr_idx, None, None), "csr_ptr must be int32"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr[:-1], L.csr_idx, None, None), "csr_ptr must have shape"),
+        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr, L.csr_idx + 100, None, None), "out of range"),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_input(x, w, m, None, None), "grad_y must have"),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_input(torch.ones(3, 4), w, m, L.csc_ptr, L.csc_idx[:1]), "csc_ptr must start at 0"),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_weight(torch.ones(2, 4), x, m, None, None), "same batch size"),
