@@ -37,7 +37,6 @@ rejects these operand layouts.
 
 from __future__ import annotations
 
-import os
 import weakref
 
 import torch
