@@ -39,11 +39,11 @@ fi
 print(torch.cuda.get_device_name(), 'ceag CUDA kernels:', has_cuda_kernels())" 2>&1 | tee "$OUT/gpu-env.txt"
 
 # 2. The whole test suite on the GPU (Triton compiled, CUDA kernels if built).
-"$PY" -m pytest tests -x -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
+timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest tests -q --maxfail=25 -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
 STATUS[tests]=$([ "${PIPESTATUS[0]}" = 0 ] && echo ok || echo FAILED)
 
 # 3. GPU benchmarks -> JSON + markdown.
-"$PY" -m pytest bench/bench_gpu.py -q -p no:cacheprovider --benchmark-only \
+timeout "${BENCH_TIMEOUT:-240}" "$PY" -m pytest bench/bench_gpu.py -q -p no:cacheprovider --benchmark-only \
   --benchmark-json="$OUT/gpu-bench.json" 2>&1 | tee "$OUT/gpu-bench.log"
 STATUS[bench]=$([ "${PIPESTATUS[0]}" = 0 ] && echo ok || echo "FAILED (partial results kept)")
 if [ -s "$OUT/gpu-bench.json" ]; then

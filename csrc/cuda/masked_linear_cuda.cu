@@ -373,7 +373,9 @@ void check_common(const char* op, const at::Tensor& a, const at::Tensor& weight,
 at::Tensor masked_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
                               const at::Tensor& mask, const std::optional<at::Tensor>& bias,
                               const std::optional<at::Tensor>& /*csr_ptr*/,
-                              const std::optional<at::Tensor>& /*csr_idx*/) {
+                              const std::optional<at::Tensor>& /*csr_idx*/,
+                              const std::optional<at::Tensor>& /*csc_ptr*/,
+                              const std::optional<at::Tensor>& /*csc_idx*/) {
   check_common("masked_linear", x, weight, mask);
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "masked_linear (cuda): x ", x.sizes(),
