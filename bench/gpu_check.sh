@@ -39,7 +39,7 @@ fi
 print(torch.cuda.get_device_name(), 'ceag CUDA kernels:', has_cuda_kernels())" 2>&1 | tee "$OUT/gpu-env.txt"
 
 # 2. The whole test suite on the GPU (Triton compiled, CUDA kernels if built).
-timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest tests -q --maxfail=25 -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
+CEAG_TRITON_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest tests -q --maxfail=25 -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
 STATUS[tests]=$([ "${PIPESTATUS[0]}" = 0 ] && echo ok || echo FAILED)
 
 # 3. GPU benchmarks -> JSON + markdown.

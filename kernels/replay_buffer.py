@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ceag.kernels._interpreter import INTERPRET, opaque_under_interpreter, traced
+from ceag.kernels._interpreter import opaque_under_interpreter, traced
 
 __all__ = ["KERNEL_MAX_N", "replay_buffer_update_triton_"]
 

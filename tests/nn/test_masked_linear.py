@@ -12,18 +12,11 @@ from ceag.nn import MaskedLinear
 from ceag.ops import reference
 
 
-def _require(backend: str) -> None:
-    if backend == "triton":
-        try:
-            import ceag.kernels.masked_linear  # noqa: F401
-        except ImportError as exc:
-            pytest.skip(f"Triton masked_linear kernels not available: {exc}")
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_full_mask_is_nn_linear(backend_device, monkeypatch, bias):
     backend, device = backend_device
-    _require(backend)
     monkeypatch.setenv("CEAG_BACKEND", backend)
     torch.manual_seed(0)
     lin = nn.Linear(19, 13, bias=bias).to(device)
@@ -40,7 +33,6 @@ def test_full_mask_is_nn_linear(backend_device, monkeypatch, bias):
 
 def test_masked_forward_backward_and_repr(backend_device, monkeypatch):
     backend, device = backend_device
-    _require(backend)
     monkeypatch.setenv("CEAG_BACKEND", backend)
     torch.manual_seed(1)
     ml = MaskedLinear(24, 10, device=device)

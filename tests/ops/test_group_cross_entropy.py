@@ -8,7 +8,6 @@ Counts, correctness bits and argmax ties are exact on every backend.
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -21,12 +20,6 @@ from ceag.ops import group_cross_entropy, reference
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _require_backend(backend: str) -> None:
-    if backend == "triton":
-        try:
-            importlib.import_module("ceag.kernels.group_cross_entropy")
-        except ImportError as exc:
-            pytest.skip(f"Triton backend not available: ceag.kernels.group_cross_entropy: {exc}")
 
 
 def _make(n, c, g, dtype=torch.float32, *, ignore_frac=0.0, ignore_index=-100, seed=0, scale=3.0, ties=False):
@@ -71,7 +64,6 @@ def _eager_low_precision(logits, target, group, num_groups, *, label_smoothing=0
 
 
 def _run(backend, device, logits, target, group, num_groups, **kw):
-    _require_backend(backend)
     out = group_cross_entropy(
         logits.to(device), target.to(device), group.to(device), num_groups, backend=backend, **kw
     )
@@ -128,7 +120,7 @@ CASES = [
 def test_forward_matches_reference(backend_device, case, dtype):
     backend, device = backend_device
     _, n, c, g, ls, ignore_frac, size = case
-    if backend == "triton" and (size == "big" or dtype == torch.float64):
+    if backend == "triton" and device == "cpu" and (size == "big" or dtype == torch.float64):
         pytest.skip("the Triton interpreter runs the small cases (and no float64)")
     logits, target, group = _make(n, c, g, dtype, ignore_frac=ignore_frac, seed=n + c)
     out = _run(backend, device, logits, target, group, g, label_smoothing=ls)
@@ -215,7 +207,7 @@ def _check_grad(got, truth_grad, dtype, eager_grad=None):
 def test_gradients(backend_device, case, dtype, weighted):
     backend, device = backend_device
     _, n, c, g, ls, ignore_frac, size = case
-    if backend == "triton" and (size == "big" or dtype == torch.float64):
+    if backend == "triton" and device == "cpu" and (size == "big" or dtype == torch.float64):
         pytest.skip("the Triton interpreter runs the small cases (and no float64)")
     logits, target, group = _make(n, c, g, dtype, ignore_frac=ignore_frac, seed=7 + n)
     gen = torch.Generator().manual_seed(1)
@@ -223,7 +215,6 @@ def test_gradients(backend_device, case, dtype, weighted):
     w = torch.rand(g, generator=gen, dtype=torch.float64)
 
     x = logits.to(device).requires_grad_()
-    _require_backend(backend)
     kw = dict(label_smoothing=ls, backend=backend)
     if weighted:
         out = group_cross_entropy(x, target.to(device), group.to(device), g, group_weight=w.float().to(device), **kw)

@@ -7,7 +7,6 @@ be at most 2x the error of eager PyTorch at the same precision, plus a small ato
 from __future__ import annotations
 
 import importlib
-import sys
 
 import pytest
 import torch
@@ -34,12 +33,6 @@ CASES = [
 TRITON_MAX = 64  # the interpreter is slow: Triton runs only the cases with B, N, K <= this
 
 
-def _require(backend: str) -> None:
-    if backend == "triton":
-        try:
-            import ceag.kernels.masked_linear  # noqa: F401
-        except ImportError as exc:
-            pytest.skip(f"Triton masked_linear kernels not available: {exc}")
 
 
 def _inputs(B, N, K, density, dtype, device="cpu", bias=True, seed=0):
@@ -120,20 +113,20 @@ def force_path(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-N{}-K{}-d{}".format(*c))
-@pytest.mark.parametrize("path", ["sparse", "dense"])
-def test_matches_reference(backend_device, case, dtype, path, force_path):
+def test_matches_reference(backend_device, case, dtype, force_path):
     backend, device = backend_device
     B, N, K, density = case
-    if backend == "triton":
+    if backend == "triton" and device == "cpu":
         if max(B, N, K) > TRITON_MAX:
             pytest.skip("Triton interpreter: small shapes only")
-        if dtype not in (torch.float32, torch.bfloat16) or path == "dense":
-            pytest.skip("Triton is checked in fp32/bf16, once per shape (no CPU dense path)")
-    _require(backend)
-    force_path(path)
+        if dtype not in (torch.float32, torch.bfloat16):
+            pytest.skip("Triton interpreter: fp32/bf16 only")
     x, w, mask, b = _inputs(B, N, K, density, dtype, device)
     layout = MaskLayout.from_mask(mask) if device == "cpu" else None
-    _run_and_compare(backend, device, x, w, mask, b, dtype, layout=layout)
+    # The CPU kernel has a sparse and a dense path: check both on every case.
+    for path in ("sparse", "dense") if backend == "cpp" else ("auto",):
+        force_path(path)
+        _run_and_compare(backend, device, x, w, mask, b, dtype, layout=layout)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +135,6 @@ def test_matches_reference(backend_device, case, dtype, path, force_path):
 @pytest.mark.parametrize("path", ["sparse", "dense", "auto"])
 def test_edge_masks(backend_device, mask_kind, path, force_path):
     backend, device = backend_device
-    _require(backend)
     force_path(path)
     dtype = torch.float32
     x, w, mask, b = _inputs(9, 21, 35, 0.5, dtype, device)
@@ -164,7 +156,6 @@ def test_edge_masks(backend_device, mask_kind, path, force_path):
 @pytest.mark.parametrize("path", ["sparse", "dense"])
 def test_noncontiguous_3d_and_no_bias(backend_device, path, force_path):
     backend, device = backend_device
-    _require(backend)
     force_path(path)
     dtype = torch.float32
     g = torch.Generator().manual_seed(3)
@@ -380,13 +371,3 @@ def test_bad_inputs_cpp(call, match):
     lay = MaskLayout.from_mask(m)
     with pytest.raises(RuntimeError, match=match):
         call(x, w, m, b, lay)
-
-
-def test_triton_skips_only_on_import_error():
-    """The Triton params skip only when ceag.kernels.masked_linear cannot be imported."""
-    try:
-        import ceag.kernels.masked_linear  # noqa: F401
-    except ImportError:
-        pytest.skip("Triton masked_linear kernels not written yet")
-    assert hasattr(torch.ops.ceag, "masked_linear_triton")
-    assert "ceag.kernels.masked_linear" in sys.modules

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections import deque
 
 import pytest
@@ -13,12 +12,6 @@ from hypothesis import strategies as st
 from ceag.ops import replay_buffer_update
 
 
-def _require_backend(backend: str) -> None:
-    if backend == "triton":
-        try:
-            importlib.import_module("ceag.kernels.replay_buffer")
-        except ImportError as exc:
-            pytest.skip(f"Triton backend not available: ceag.kernels.replay_buffer: {exc}")
 
 
 class DequeModel:
@@ -75,7 +68,6 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_matches_deque_model(backend_device, case, dtype):
     backend, device = backend_device
-    _require_backend(backend)
     _, num_groups, k, batches = case
     gen = torch.Generator().manual_seed(num_groups * 100 + k)
     buffer, head, fill = _new(num_groups, k, dtype, device)
@@ -92,7 +84,6 @@ def test_matches_deque_model(backend_device, case, dtype):
 
 def test_bool_values_into_float_buffer(backend_device):
     backend, device = backend_device
-    _require_backend(backend)
     buffer, head, fill = _new(3, 4, torch.float32, device)
     group = torch.tensor([0, 0, 2, 1, 0], device=device)
     values = torch.tensor([True, False, True, True, True], device=device)
@@ -103,7 +94,6 @@ def test_bool_values_into_float_buffer(backend_device):
 
 def test_int32_groups(backend_device):
     backend, device = backend_device
-    _require_backend(backend)
     buffer, head, fill = _new(2, 2, torch.bool, device)
     group = torch.tensor([1, 1, 1], dtype=torch.int32, device=device)
     values = torch.tensor([True, False, True], device=device)
@@ -121,7 +111,6 @@ def test_int32_groups(backend_device):
 )
 def test_hypothesis_random_batches(backend_device, num_groups, k, batches, seed):
     backend, device = backend_device
-    _require_backend(backend)
     gen = torch.Generator().manual_seed(seed)
     buffer, head, fill = _new(num_groups, k, torch.bool, device)
     model = DequeModel(num_groups, k)
