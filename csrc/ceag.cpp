@@ -28,8 +28,9 @@ TORCH_LIBRARY(ceag, m) {
       "masked_linear_grad_weight(Tensor grad_y, Tensor x, Tensor mask, "
       "Tensor? csr_ptr, Tensor? csr_idx) -> Tensor");
 
-  // One pass over logits [N, C]: per-group loss sums (float32), correct and count (int64),
-  // per-sample correctness (bool) and the row logsumexp (float32, saved for backward).
+  // One pass over logits [N, C]: per-group loss sums, correct and count (int64), per-sample
+  // correctness (bool) and the row logsumexp (saved for backward). Loss sums and logsumexp
+  // are float32, or float64 for float64 logits (gradcheck).
   m.def(
       "group_cross_entropy(Tensor logits, Tensor target, Tensor group, int num_groups, "
       "float label_smoothing, int ignore_index) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
