@@ -1,11 +1,12 @@
 """ceag: prune neural networks without letting the pruning hurt some groups more than others.
 
 Layers, in pipeline order: ``ceag.ops`` (fused kernels behind one API) -> ``ceag.nn``
-(masked layers) -> pruning, metrics, methods, training (later issues).
+(masked layers) -> ``ceag.prune`` -> ``ceag.metrics`` -> ``ceag.methods`` (NFT, EL, EL+RB,
+CEAG) -> training (a later issue).
 """
 
 from ceag import _extension  # noqa: F401  (registers torch.ops.ceag before anything uses it)
-from ceag import nn, ops
+from ceag import metrics, methods, nn, ops, prune
 
 __version__ = "0.1.0"
-__all__ = ["nn", "ops", "__version__"]
+__all__ = ["metrics", "methods", "nn", "ops", "prune", "__version__"]

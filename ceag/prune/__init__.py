@@ -1,9 +1,38 @@
-"""Pruning: which weights a mask keeps.
+"""Pruning: which weights a mask keeps, and when.
 
-``block_magnitude_mask`` prunes whole [bh, bw] blocks of a weight by their L2 norm, the
-block-structured masks whose empty tiles the Triton masked-linear kernels skip.
+- ``sparsify`` swaps a model's Linear / Conv2d layers for masked ones (``ceag.nn``);
+  ``prunable_layers`` lists them.
+- ``magnitude_prune`` shrinks the masks by ``|w|``, layer-wise (the paper's default) or
+  global; ``apply_masks_`` and ``mask_optimizer_state_`` keep pruned weights at exactly zero
+  through training (``ceag.prune.magnitude``).
+- ``GMPSchedule``: the gradual magnitude pruning cubic schedule (``ceag.prune.schedule``).
+- ``sparsity_report``: per-layer and overall sparsity, printable or as a DataFrame.
+- ``block_magnitude_mask`` prunes whole [bh, bw] blocks of a weight by their L2 norm, the
+  block-structured masks whose empty tiles the Triton masked-linear kernels skip.
 """
 
 from ceag.prune.block import block_magnitude_mask
+from ceag.prune.magnitude import (
+    LayerSparsity,
+    SparsityReport,
+    apply_masks_,
+    magnitude_prune,
+    mask_optimizer_state_,
+    prunable_layers,
+    sparsify,
+    sparsity_report,
+)
+from ceag.prune.schedule import GMPSchedule
 
-__all__ = ["block_magnitude_mask"]
+__all__ = [
+    "GMPSchedule",
+    "LayerSparsity",
+    "SparsityReport",
+    "apply_masks_",
+    "block_magnitude_mask",
+    "magnitude_prune",
+    "mask_optimizer_state_",
+    "prunable_layers",
+    "sparsify",
+    "sparsity_report",
+]

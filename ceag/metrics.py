@@ -1,0 +1,521 @@
+"""Group metrics: per-group statistics of a model on a split, and the disparity of pruning.
+
+- :class:`GroupStats` holds, per group, the sample count, the number classified correctly and
+  the summed cross-entropy (int64 / int64 / float64, on the CPU once finalised).
+- :func:`evaluate` streams a model over a DataLoader of ``(inputs, target, group)`` batches
+  through the fused :func:`ceag.ops.group_cross_entropy` (eval mode, ``torch.no_grad``);
+  :func:`dense_reference` is the same pass on the dense model, done once before pruning.
+- :func:`disparity` compares a dense and a sparse model's statistics on the same split
+  (ALGORITHM.md, "Metrics"): ΔA_g, ΔA, ψ_g = ΔA_g − ΔA, Ψ_PW = max ψ − min ψ, max ψ, the
+  fraction of groups with ψ_g ≤ ε, with Wilson intervals on the accuracies and a
+  conservative interval on ψ_g that tells which groups are certified within ε.
+
+Groups without samples (or with fewer than ``min_count``) in either statistics are excluded
+from every max/min/fraction: their ψ is NaN, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from ceag.ops import GroupCrossEntropy, group_cross_entropy
+
+__all__ = [
+    "DisparityReport",
+    "GroupStats",
+    "STATUS_ABSENT",
+    "STATUS_UNKNOWN",
+    "STATUS_VIOLATES",
+    "STATUS_WITHIN",
+    "dense_reference",
+    "disparity",
+    "evaluate",
+    "wilson_interval",
+]
+
+STATUS_WITHIN = "within ε"
+STATUS_VIOLATES = "violates"
+STATUS_UNKNOWN = "too small to tell"
+STATUS_ABSENT = "absent"
+
+
+# ---------------------------------------------------------------------------------------
+# GroupStats
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupStats:
+    """Per-group ``count`` [G] int64, ``correct`` [G] int64 and ``loss_sum`` [G] float64.
+
+    Accumulate with :meth:`add_` (a :class:`ceag.ops.GroupCrossEntropy` or the three tensors)
+    or combine with :meth:`merge` / ``+``. Tensors may live on any device while accumulating
+    (no host synchronisation per batch); the derived quantities are computed where they are.
+    """
+
+    count: Tensor
+    correct: Tensor
+    loss_sum: Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("count", "correct", "loss_sum"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 1:
+                raise ValueError(f"{name} must be 1-D [num_groups], got shape {tuple(t.shape)}")
+        g = self.count.shape[0]
+        for name in ("correct", "loss_sum"):
+            if getattr(self, name).shape[0] != g:
+                raise ValueError(f"{name} must have length num_groups={g}, got {getattr(self, name).shape[0]}")
+        self.count = self.count.to(torch.int64)
+        self.correct = self.correct.to(torch.int64)
+        self.loss_sum = self.loss_sum.to(torch.float64)
+        if bool((self.correct > self.count).any()) or bool((self.count < 0).any()):
+            raise ValueError("correct must satisfy 0 <= correct <= count for every group")
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def zeros(cls, num_groups: int, device: torch.device | str | None = None) -> "GroupStats":
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+        z = torch.zeros(num_groups, dtype=torch.int64, device=device)
+        return cls(z, z.clone(), torch.zeros(num_groups, dtype=torch.float64, device=device))
+
+    @classmethod
+    def from_output(cls, out: GroupCrossEntropy) -> "GroupStats":
+        """Statistics of one batch from the fused op's output."""
+        return cls(out.count.detach(), out.correct.detach(), out.loss_sum.detach())
+
+    # -- accumulation ------------------------------------------------------------------
+
+    @property
+    def num_groups(self) -> int:
+        return self.count.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.count.device
+
+    def add_(
+        self, out: GroupCrossEntropy | "GroupStats" | None = None, *, count=None, correct=None, loss_sum=None
+    ) -> "GroupStats":
+        """Add a batch's statistics in place (a fused-op output, a GroupStats, or tensors)."""
+        if out is not None:
+            count, correct, loss_sum = out.count, out.correct, out.loss_sum
+        if count is None or correct is None or loss_sum is None:
+            raise TypeError("add_ needs an op output / GroupStats, or count, correct and loss_sum")
+        if count.shape != self.count.shape:
+            raise ValueError(f"count must have shape {tuple(self.count.shape)}, got {tuple(count.shape)}")
+        self.count += count.detach().to(self.count.device, torch.int64)
+        self.correct += correct.detach().to(self.count.device, torch.int64)
+        self.loss_sum += loss_sum.detach().to(self.count.device, torch.float64)
+        return self
+
+    def merge(self, other: "GroupStats") -> "GroupStats":
+        """A new GroupStats holding the sum of both (e.g. two shards of a split)."""
+        if not isinstance(other, GroupStats):
+            raise TypeError(f"other must be a GroupStats, got {type(other).__name__}")
+        if other.num_groups != self.num_groups:
+            raise ValueError(f"other has {other.num_groups} groups, expected {self.num_groups}")
+        return self.clone().add_(other)
+
+    __add__ = merge
+
+    def clone(self) -> "GroupStats":
+        return GroupStats(self.count.clone(), self.correct.clone(), self.loss_sum.clone())
+
+    def to(self, device: torch.device | str) -> "GroupStats":
+        return GroupStats(self.count.to(device), self.correct.to(device), self.loss_sum.to(device))
+
+    def cpu(self) -> "GroupStats":
+        return self.to("cpu")
+
+    # -- derived quantities ------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return int(self.count.sum())
+
+    @property
+    def accuracy(self) -> Tensor:
+        """A_g per group (float64), NaN where the group has no samples."""
+        c = self.count.to(torch.float64)
+        return torch.where(self.count > 0, self.correct.to(torch.float64) / c.clamp_min(1), torch.nan)
+
+    @property
+    def loss(self) -> Tensor:
+        """Mean cross-entropy per group (float64), NaN where the group has no samples."""
+        c = self.count.to(torch.float64)
+        return torch.where(self.count > 0, self.loss_sum / c.clamp_min(1), torch.nan)
+
+    @property
+    def shares(self) -> Tensor:
+        """p_g: each group's share of the samples (float64, sums to 1; zeros if empty)."""
+        c = self.count.to(torch.float64)
+        return c / c.sum().clamp_min(1)
+
+    @property
+    def overall_accuracy(self) -> float:
+        """A: accuracy over all samples (sample-weighted), NaN when there are none."""
+        n = self.total
+        return float(self.correct.sum()) / n if n else math.nan
+
+    @property
+    def overall_loss(self) -> float:
+        """Mean cross-entropy over all samples, NaN when there are none."""
+        n = self.total
+        return float(self.loss_sum.sum()) / n if n else math.nan
+
+    # -- serialisation -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"count": self.count.clone(), "correct": self.correct.clone(), "loss_sum": self.loss_sum.clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor]) -> "GroupStats":
+        missing = {"count", "correct", "loss_sum"} - set(state)
+        if missing:
+            raise KeyError(f"GroupStats state dict misses {sorted(missing)}")
+        return cls(state["count"].clone(), state["correct"].clone(), state["loss_sum"].clone())
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        other = GroupStats.from_state_dict(state)
+        if other.num_groups != self.num_groups:
+            raise ValueError(f"state has {other.num_groups} groups, expected {self.num_groups}")
+        self.count, self.correct, self.loss_sum = other.count, other.correct, other.loss_sum
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming evaluation
+# ---------------------------------------------------------------------------------------
+
+
+def _unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
+    if isinstance(batch, dict):
+        return batch["inputs"], batch["target"], batch["group"]
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        raise ValueError("the loader must yield (inputs, target, group) batches")
+    return batch[0], batch[1], batch[2]
+
+
+def _move(x: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return x
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_move(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _move(v, device) for k, v in x.items()}
+    return x
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable,
+    num_groups: int,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    backend: str | None = None,
+) -> GroupStats:
+    """Per-group count, correct and loss sum of ``model`` over ``loader`` (eval mode, no grad).
+
+    ``loader`` yields ``(inputs, target, group)``; ``inputs`` may be a tensor or a tuple /
+    dict of tensors (passed as ``model(*inputs)`` / ``model(**inputs)``). The model's
+    training mode is restored afterwards. Statistics accumulate on the device and are
+    returned on the CPU. ``device`` defaults to the device of the model's first parameter.
+    """
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    stats = GroupStats.zeros(num_groups, device=device)
+    was_training = model.training
+    model.eval()
+    it = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc="evaluate", leave=False)
+    try:
+        for batch in it:
+            inputs, target, group = _move(_unpack(batch), device)
+            if isinstance(inputs, dict):
+                logits = model(**inputs)
+            elif isinstance(inputs, (tuple, list)):
+                logits = model(*inputs)
+            else:
+                logits = model(inputs)
+            out = group_cross_entropy(
+                logits,
+                target,
+                group,
+                num_groups,
+                label_smoothing=label_smoothing,
+                ignore_index=ignore_index,
+                backend=backend,
+            )
+            stats.add_(out)
+    finally:
+        model.train(was_training)
+    return stats.cpu()
+
+
+def dense_reference(
+    model: torch.nn.Module, train_loader: Iterable, num_groups: int, **kwargs: Any
+) -> GroupStats:
+    """The dense model's train-set statistics, computed once before pruning (eval mode).
+
+    These are CEAG's constants: A_g(θ_d), A(θ_d), L_g(θ_d), L(θ_d) and the group shares
+    p_g. Use a loader over the *whole* train split without augmentation (the order does not
+    matter). Keyword arguments go to :func:`evaluate`.
+    """
+    stats = evaluate(model, train_loader, num_groups, **kwargs)
+    if stats.total == 0:
+        raise ValueError("train_loader yielded no samples")
+    return stats
+
+
+# ---------------------------------------------------------------------------------------
+# Confidence intervals
+# ---------------------------------------------------------------------------------------
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(correct: Tensor, count: Tensor, confidence: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Wilson score interval for a binomial proportion (float64 lower, upper; NaN if count 0).
+
+    p̂ = x/n, z the two-sided normal quantile: centre (p̂ + z²/2n) / (1 + z²/n), half-width
+    z / (1 + z²/n) · sqrt(p̂(1−p̂)/n + z²/4n²). E.g. 8/10 at 95%: (0.4902, 0.9433).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = _z(confidence)
+    n = count.to(torch.float64)
+    safe_n = n.clamp_min(1)
+    p = correct.to(torch.float64) / safe_n
+    denom = 1 + z * z / safe_n
+    centre = (p + z * z / (2 * safe_n)) / denom
+    half = z / denom * torch.sqrt(p * (1 - p) / safe_n + z * z / (4 * safe_n * safe_n))
+    lo = (centre - half).clamp(0, 1)
+    hi = (centre + half).clamp(0, 1)
+    empty = n <= 0
+    return lo.masked_fill(empty, math.nan), hi.masked_fill(empty, math.nan)
+
+
+# ---------------------------------------------------------------------------------------
+# Disparity
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DisparityReport:
+    """Per-group and summary disparity of a sparse model against its dense original.
+
+    Per-group tensors are float64 [G] on the CPU, NaN for excluded groups (``included``
+    False): ``dense_accuracy``, ``sparse_accuracy``, ``accuracy_gap`` (ΔA_g), ``psi`` (ψ_g),
+    their interval bounds, and ``status`` (a list of strings).
+    """
+
+    tolerance: float
+    confidence: float
+    min_count: int
+    count: Tensor
+    dense_count: Tensor
+    included: Tensor
+    dense_accuracy: Tensor
+    sparse_accuracy: Tensor
+    dense_accuracy_ci: tuple[Tensor, Tensor]
+    sparse_accuracy_ci: tuple[Tensor, Tensor]
+    accuracy_gap: Tensor
+    psi: Tensor
+    psi_ci: tuple[Tensor, Tensor]
+    status: list[str]
+    overall_dense_accuracy: float
+    overall_sparse_accuracy: float
+
+    @property
+    def num_groups(self) -> int:
+        return self.psi.shape[0]
+
+    @property
+    def overall_gap(self) -> float:
+        """ΔA = A(θ_d) − A(θ_s) over all samples."""
+        return self.overall_dense_accuracy - self.overall_sparse_accuracy
+
+    @property
+    def num_included(self) -> int:
+        return int(self.included.sum())
+
+    @property
+    def max_psi(self) -> float:
+        return float(self.psi[self.included].max()) if self.num_included else math.nan
+
+    @property
+    def min_psi(self) -> float:
+        return float(self.psi[self.included].min()) if self.num_included else math.nan
+
+    @property
+    def psi_pw(self) -> float:
+        """Ψ_PW = max_g ψ_g − min_g ψ_g over included groups (NaN if none)."""
+        return self.max_psi - self.min_psi
+
+    @property
+    def frac_within_tolerance(self) -> float:
+        """Fraction of included groups with ψ_g ≤ ε (point estimate; NaN if none)."""
+        n = self.num_included
+        return float((self.psi[self.included] <= self.tolerance).sum()) / n if n else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        statuses = {s: self.status.count(s) for s in (STATUS_WITHIN, STATUS_VIOLATES, STATUS_UNKNOWN, STATUS_ABSENT)}
+        return {
+            "num_groups": self.num_groups,
+            "num_included": self.num_included,
+            "tolerance": self.tolerance,
+            "confidence": self.confidence,
+            "dense_accuracy": self.overall_dense_accuracy,
+            "sparse_accuracy": self.overall_sparse_accuracy,
+            "accuracy_gap": self.overall_gap,
+            "max_psi": self.max_psi,
+            "min_psi": self.min_psi,
+            "psi_pw": self.psi_pw,
+            "frac_within_tolerance": self.frac_within_tolerance,
+            "num_within": statuses[STATUS_WITHIN],
+            "num_violates": statuses[STATUS_VIOLATES],
+            "num_too_small": statuses[STATUS_UNKNOWN],
+            "num_absent": statuses[STATUS_ABSENT],
+        }
+
+    def to_dataframe(self, group_names: Sequence[str] | None = None):
+        """One row per group (like fairlearn's ``MetricFrame.by_group``), indexed by group."""
+        import pandas as pd
+
+        if group_names is not None and len(group_names) != self.num_groups:
+            raise ValueError(f"group_names must have {self.num_groups} entries, got {len(group_names)}")
+        cols = {
+            "count": self.count.tolist(),
+            "dense_count": self.dense_count.tolist(),
+            "included": self.included.tolist(),
+            "dense_accuracy": self.dense_accuracy.tolist(),
+            "dense_accuracy_lower": self.dense_accuracy_ci[0].tolist(),
+            "dense_accuracy_upper": self.dense_accuracy_ci[1].tolist(),
+            "sparse_accuracy": self.sparse_accuracy.tolist(),
+            "sparse_accuracy_lower": self.sparse_accuracy_ci[0].tolist(),
+            "sparse_accuracy_upper": self.sparse_accuracy_ci[1].tolist(),
+            "accuracy_gap": self.accuracy_gap.tolist(),
+            "psi": self.psi.tolist(),
+            "psi_lower": self.psi_ci[0].tolist(),
+            "psi_upper": self.psi_ci[1].tolist(),
+            "status": list(self.status),
+        }
+        index = pd.Index(list(group_names) if group_names is not None else range(self.num_groups), name="group")
+        return pd.DataFrame(cols, index=index)
+
+
+def disparity(
+    dense: GroupStats,
+    sparse: GroupStats,
+    tolerance: float = 0.0,
+    *,
+    min_count: int = 1,
+    confidence: float = 0.95,
+) -> DisparityReport:
+    """Disparate impact of pruning: ψ_g = ΔA_g − ΔA per group, on one split.
+
+    Args:
+        dense, sparse: statistics of the dense and the sparse model on the same split.
+        tolerance: ε >= 0 of the constraint ψ_g ≤ ε.
+        min_count: groups with fewer samples than this in either statistics are excluded.
+        confidence: level of the *simultaneous* interval on ψ_g (and of each Wilson interval
+            on an accuracy, reported alongside).
+
+    The interval on ψ_g = (A^d_g − A^s_g) − (A^d − A^s) combines four Wilson intervals
+    (dense and sparse, group and overall) conservatively: lower = (lo^d_g − hi^s_g) −
+    (hi^d − lo^s), upper = (hi^d_g − lo^s_g) − (lo^d − hi^s), each Wilson interval at level
+    1 − α/4 (Bonferroni), so by the union bound the ψ_g interval covers with probability at
+    least ``confidence`` whatever the dependence between the dense and sparse predictions on
+    the same samples. A group is "within ε" when its upper bound is ≤ ε, "violates" when its
+    lower bound is > ε, "too small to tell" otherwise, and "absent" when excluded.
+    """
+    if not isinstance(dense, GroupStats) or not isinstance(sparse, GroupStats):
+        raise TypeError("dense and sparse must be GroupStats")
+    if dense.num_groups != sparse.num_groups:
+        raise ValueError(f"dense has {dense.num_groups} groups but sparse has {sparse.num_groups}")
+    tolerance = float(tolerance)
+    if not tolerance >= 0.0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    dense, sparse = dense.cpu(), sparse.cpu()
+    included = (dense.count >= min_count) & (sparse.count >= min_count)
+
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+
+    def masked(t: Tensor) -> Tensor:
+        return torch.where(included, t, nan)
+
+    acc_d, acc_s = masked(dense.accuracy), masked(sparse.accuracy)
+    overall_d, overall_s = dense.overall_accuracy, sparse.overall_accuracy
+    gap = acc_d - acc_s
+    psi = gap - (overall_d - overall_s)
+
+    ci_d = tuple(masked(t) for t in wilson_interval(dense.correct, dense.count, confidence))
+    ci_s = tuple(masked(t) for t in wilson_interval(sparse.correct, sparse.count, confidence))
+    # Simultaneous interval on ψ_g: four Wilson intervals at level 1 - α/4 each.
+    level = 1.0 - (1.0 - confidence) / 4.0
+    bd_lo, bd_hi = wilson_interval(dense.correct, dense.count, level)
+    bs_lo, bs_hi = wilson_interval(sparse.correct, sparse.count, level)
+    tot = lambda s: (s.correct.sum().reshape(1), s.count.sum().reshape(1))  # noqa: E731
+    od_lo, od_hi = wilson_interval(*tot(dense), level)
+    os_lo, os_hi = wilson_interval(*tot(sparse), level)
+    psi_lo = masked((bd_lo - bs_hi) - (od_hi - os_lo))
+    psi_hi = masked((bd_hi - bs_lo) - (od_lo - os_hi))
+
+    status = []
+    for inc, lo, hi in zip(included.tolist(), psi_lo.tolist(), psi_hi.tolist()):
+        if not inc:
+            status.append(STATUS_ABSENT)
+        elif hi <= tolerance:
+            status.append(STATUS_WITHIN)
+        elif lo > tolerance:
+            status.append(STATUS_VIOLATES)
+        else:
+            status.append(STATUS_UNKNOWN)
+
+    return DisparityReport(
+        tolerance=tolerance,
+        confidence=confidence,
+        min_count=min_count,
+        count=sparse.count.clone(),
+        dense_count=dense.count.clone(),
+        included=included,
+        dense_accuracy=acc_d,
+        sparse_accuracy=acc_s,
+        dense_accuracy_ci=ci_d,
+        sparse_accuracy_ci=ci_s,
+        accuracy_gap=gap,
+        psi=psi,
+        psi_ci=(psi_lo, psi_hi),
+        status=status,
+        overall_dense_accuracy=overall_d,
+        overall_sparse_accuracy=overall_s,
+    )

@@ -1,0 +1,353 @@
+"""ceag.methods: the primal identity, the dual step, replay-buffer estimates, state dicts."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ceag.methods import CEAG, EL, ELRB, NFT, build_method, primal_group_weights
+from ceag.metrics import GroupStats
+
+G = 6
+
+
+def _dense(num_groups: int = G, seed: int = 0) -> GroupStats:
+    gen = torch.Generator().manual_seed(seed)
+    count = torch.randint(20, 200, (num_groups,), generator=gen)
+    correct = (count.double() * (0.6 + 0.4 * torch.rand(num_groups, generator=gen, dtype=torch.float64))).long()
+    loss_sum = count.double() * torch.rand(num_groups, generator=gen, dtype=torch.float64)
+    return GroupStats(count, correct, loss_sum)
+
+
+def _batch(n=40, c=5, groups=(0, 1, 2, 4), seed=0, dtype=torch.float64):
+    """A batch whose groups are ``groups`` only (3 and 5 absent by default)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=gen, dtype=dtype, requires_grad=True)
+    target = torch.randint(0, c, (n,), generator=gen)
+    gsel = torch.tensor(groups)[torch.randint(0, len(groups), (n,), generator=gen)]
+    return logits, target, gsel
+
+
+def _set_multipliers(method, values):
+    with torch.no_grad():
+        method.multiplier.weight.copy_(torch.as_tensor(values, dtype=torch.float32).view(-1, 1))
+
+
+def _psi_hat_batch(dense: GroupStats, logits, target, group):
+    correct = (logits.argmax(1) == target).double()
+    count = torch.bincount(group, minlength=G).double()
+    acc = torch.bincount(group, correct, minlength=G) / count.clamp_min(1)
+    n = count.sum()
+    dense_acc = torch.nan_to_num(dense.accuracy)
+    dense_overall = (count * dense_acc).sum() / n
+    return (dense_acc - acc) - (dense_overall - correct.sum() / n), count > 0
+
+
+# -- primal objective -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ceag_primal_objective_is_the_per_sample_weighted_cross_entropy(seed):
+    dense = _dense(seed=seed)
+    method = CEAG(G, dense, tolerance=0.01, buffer_size=None, dual_lr=1e-3, multiplier_sum_warning=None)
+    gen = torch.Generator().manual_seed(seed + 10)
+    _set_multipliers(method, 0.2 * torch.rand(G, generator=gen))
+    logits, target, group = _batch(seed=seed)
+    out = method.step(logits, target, group)
+    lam = out.multipliers.double()
+    assert torch.equal(lam.float(), method.multipliers)
+
+    # L_B + Σ_{g in batch} λ_g ψ̃_g, plain PyTorch.
+    ce = F.cross_entropy(logits, target, reduction="none")
+    count = torch.bincount(group, minlength=G).double()
+    present = count > 0
+    lg = torch.zeros(G, dtype=ce.dtype).index_add(0, group, ce) / count.clamp_min(1)
+    lb = ce.mean()
+    psi_tilde = (lg - dense.loss) - (lb - dense.overall_loss)
+    lagrangian = lb + (lam * torch.where(present, psi_tilde, 0)).sum()
+    constant = (lam * torch.where(present, dense.loss - dense.overall_loss, 0)).sum()
+    torch.testing.assert_close(out.loss, lagrangian + constant)
+    torch.testing.assert_close(out.surrogate[present], psi_tilde[present].detach())
+    assert out.surrogate[~present].isnan().all()
+
+    # Same gradient as one per-sample weighted CE with w_i = (1 - Λ_B)/N + λ_{g_i}/n_{g_i}.
+    n = len(target)
+    w_i = (1 - lam[present].sum()) / n + lam[group] / count[group]
+    (g_method,) = torch.autograd.grad(out.loss, logits)
+    (g_lagr,) = torch.autograd.grad(lagrangian, logits, retain_graph=True)
+    (g_weighted,) = torch.autograd.grad((w_i * ce).sum(), logits)
+    torch.testing.assert_close(g_method, g_weighted)
+    torch.testing.assert_close(g_method, g_lagr)
+    torch.testing.assert_close(out.group_weight[present], ((1 - lam[present].sum()) / n + lam / count)[present])
+    assert (out.group_weight[~present] == 0).all()
+
+
+def test_primal_group_weights_zero_coefficients_give_the_mean():
+    count = torch.tensor([3, 0, 5, 2])
+    w = primal_group_weights(torch.zeros(4, dtype=torch.float64), count)
+    torch.testing.assert_close(w, torch.tensor([0.1, 0.0, 0.1, 0.1], dtype=torch.float64))
+
+
+def test_nft_is_the_mean_cross_entropy():
+    logits, target, group = _batch(dtype=torch.float32)
+    out = NFT(G).step(logits, target, group)
+    ref = F.cross_entropy(logits, target)
+    torch.testing.assert_close(out.loss, ref)
+    (g1,) = torch.autograd.grad(out.loss, logits)
+    (g2,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g1, g2)
+    assert (out.multipliers == 0).all()
+
+
+# -- dual step ---------------------------------------------------------------------------------
+
+
+def test_ceag_batch_dual_step_direction_and_projection():
+    dense = _dense()
+    eta = 0.5
+    method = CEAG(G, dense, tolerance=0.05, buffer_size=None, dual_lr=eta, multiplier_sum_warning=None)
+    lam0 = torch.tensor([0.0, 0.01, 0.3, 0.2, 0.0, 0.4])
+    _set_multipliers(method, lam0)
+    logits, target, group = _batch()
+    psi, observed = _psi_hat_batch(dense, logits, target, group)
+    out = method.step(logits, target, group)
+    v = psi - 0.05
+    expected = torch.where(observed, (lam0.double() + eta * v).clamp_min(0), lam0.double())
+    torch.testing.assert_close(method.multipliers.double(), expected, atol=1e-6, rtol=0)
+    assert (method.multipliers >= 0).all()
+    torch.testing.assert_close(out.violation[observed], v[observed])
+    assert out.violation[~observed].isnan().all()
+    # Absent groups (3 and 5) untouched; a negative violation at λ=0 stays at 0 (projection).
+    assert method.multipliers[3] == lam0[3] and method.multipliers[5] == lam0[5]
+    assert ((v < 0) & observed).any()
+
+
+@pytest.mark.parametrize("cls_kwargs", [{"buffer_size": None}, {"buffer_size": 3}])
+def test_inactive_method_is_nft_and_leaves_multipliers(cls_kwargs):
+    method = CEAG(G, _dense(), active=False, dual_lr=1.0, **cls_kwargs)
+    logits, target, group = _batch(dtype=torch.float32)
+    out = method.step(logits, target, group)
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits, target))
+    assert (method.multipliers == 0).all()
+    if method.uses_buffers:
+        assert method.fill.sum() > 0  # buffers keep filling while inactive
+    method.active = True
+    method.step(*_batch(seed=1, dtype=torch.float32))
+    assert method.active
+
+
+def test_max_multiplier_sum_and_warning():
+    method = CEAG(G, _dense(), buffer_size=None, dual_lr=10.0, max_multiplier_sum=0.5, multiplier_sum_warning=0.4)
+    logits, target, group = _batch()
+    with pytest.warns(RuntimeWarning, match="multipliers sum"):
+        method.step(logits, target, group)
+    assert float(method.multipliers.sum()) <= 0.5 + 1e-6
+    # Warned once per crossing: no second warning while it stays above.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.step(logits, target, group)
+
+
+# -- replay buffers -----------------------------------------------------------------------------
+
+
+def test_ceag_buffer_estimates_match_deques_with_share_weighting():
+    k = 4
+    dense = _dense()
+    eps = 0.02
+    method = CEAG(G, dense, tolerance=eps, buffer_size=k, dual_lr=0.1, multiplier_sum_warning=None)
+    deques = [deque(maxlen=k) for _ in range(G)]
+    lam = torch.zeros(G, dtype=torch.float64)
+    shares = dense.count.double() / dense.count.sum()
+    for step in range(6):
+        # Group 5 never appears; group 4 rarely (its buffer fills late).
+        logits, target, group = _batch(n=12, groups=(0, 1, 2, 3, 0, 1, 4) if step % 3 == 2 else (0, 1, 2, 3), seed=step)
+        correct = (logits.argmax(1) == target).tolist()
+        for gi, ci in zip(group.tolist(), correct):
+            deques[gi].append(float(ci))
+        out = method.step(logits, target, group)
+
+        available = torch.tensor([len(d) == k for d in deques])
+        acc = torch.tensor([sum(d) / k if len(d) == k else math.nan for d in deques], dtype=torch.float64)
+        est = method.estimates()
+        assert torch.equal(est.available, available)
+        torch.testing.assert_close(est.value, acc, equal_nan=True)
+        if available.any():
+            p = shares[available]
+            overall = (p * acc[available]).sum() / p.sum()
+            dense_overall = (p * dense.accuracy[available]).sum() / p.sum()
+            torch.testing.assert_close(est.overall, overall)
+            psi = (dense.accuracy - acc) - (dense_overall - overall)
+            torch.testing.assert_close(est.constraint, torch.where(available, psi, math.nan), equal_nan=True)
+            lam = torch.where(available, (lam + 0.1 * (psi - eps)).clamp_min(0), lam)
+        else:
+            assert math.isnan(float(est.overall))
+        torch.testing.assert_close(method.multipliers.double(), lam, atol=1e-6, rtol=0)
+        torch.testing.assert_close(out.violation, torch.where(available, est.constraint - eps, math.nan), equal_nan=True)
+    assert not est.available[5] and est.available[:4].all()
+
+
+def test_overall_estimate_is_share_weighted_not_unweighted():
+    dense = GroupStats(torch.tensor([900, 100]), torch.tensor([900, 100]), torch.zeros(2, dtype=torch.float64))
+    method = CEAG(2, dense, buffer_size=2)
+    logits = torch.tensor([[1.0, 0.0]] * 4)
+    target = torch.tensor([0, 0, 1, 1])  # group 0 all correct, group 1 all wrong
+    method.step(logits, target, torch.tensor([0, 0, 1, 1]))
+    est = method.estimates()
+    torch.testing.assert_close(est.overall, torch.tensor(0.9, dtype=torch.float64))
+    torch.testing.assert_close(est.constraint, torch.tensor([-0.1, 0.9], dtype=torch.float64))
+
+
+def test_ignored_samples_never_enter_buffers():
+    method = CEAG(2, _dense(2), buffer_size=3)
+    logits = torch.randn(4, 3)
+    method.step(logits, torch.tensor([0, -100, -100, 1]), torch.tensor([0, 0, 1, 1]))
+    assert method.fill.tolist() == [1, 1]
+
+
+def test_el_rb_buffer_estimates_match_deques():
+    k = 3
+    shares = torch.tensor([0.4, 0.3, 0.2, 0.05, 0.05, 0.0], dtype=torch.float64)
+    method = ELRB(G, shares, buffer_size=k, tolerance=0.1, dual_lr=0.1)
+    deques = [deque(maxlen=k) for _ in range(G)]
+    for step in range(4):
+        logits, target, group = _batch(n=10, seed=step)
+        for gi, li in zip(group.tolist(), F.cross_entropy(logits, target, reduction="none").tolist()):
+            deques[gi].append(li)
+        method.step(logits, target, group)
+    available = torch.tensor([len(d) == k for d in deques])
+    loss = torch.tensor([sum(d) / k if len(d) == k else math.nan for d in deques], dtype=torch.float64)
+    est = method.estimates()
+    assert torch.equal(est.available, available)
+    torch.testing.assert_close(est.value, loss, equal_nan=True, rtol=1e-5, atol=1e-6)
+    overall = (shares[available] * loss[available]).sum() / shares[available].sum()
+    torch.testing.assert_close(est.overall, overall, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        est.constraint, torch.where(available, (loss - overall).abs(), math.nan), equal_nan=True, rtol=1e-5, atol=1e-6
+    )
+
+
+# -- EL ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["abs", "signed"])
+def test_el_dual_step_and_primal_coefficients(variant):
+    eta, eps = 0.3, (0.05 if variant == "abs" else 0.0)
+    method = EL(G, variant=variant, tolerance=eps, dual_lr=eta, multiplier_sum_warning=None)
+    lam0 = torch.tensor([0.0, 0.1, 0.2, 0.0, 0.0, 0.3])
+    _set_multipliers(method, lam0)
+    logits, target, group = _batch()
+    ce = F.cross_entropy(logits, target, reduction="none")
+    count = torch.bincount(group, minlength=G).double()
+    present = count > 0
+    diff = torch.zeros(G, dtype=ce.dtype).index_add(0, group, ce) / count.clamp_min(1) - ce.mean()
+    out = method.step(logits, target, group)
+
+    v = (diff.abs() - eps) if variant == "abs" else diff
+    new = lam0.double() + eta * v.detach()
+    if variant == "abs":
+        new = new.clamp_min(0)
+    expected = torch.where(present, new, lam0.double())
+    torch.testing.assert_close(method.multipliers.double(), expected, atol=1e-6, rtol=0)
+    if variant == "signed":
+        assert (method.multipliers < 0).any()  # equality multipliers have free sign
+
+    lam = method.multipliers.double()
+    surrogate = diff.abs() if variant == "abs" else diff
+    lagrangian = ce.mean() + (torch.where(present, lam, 0) * torch.where(present, surrogate, 0)).sum()
+    torch.testing.assert_close(out.loss, lagrangian)
+    (g1,) = torch.autograd.grad(out.loss, logits)
+    (g2,) = torch.autograd.grad(lagrangian, logits)
+    torch.testing.assert_close(g1, g2)
+
+
+# -- state dict ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CEAG(G, _dense(), buffer_size=3, dual_lr=0.2, multiplier_sum_warning=None),
+        lambda: CEAG(
+            G, _dense(), buffer_size=3, dual_lr=0.2, dual_optimizer="nupi",
+            dual_optimizer_kwargs={"Kp": 1.0, "Ki": 1.0}, multiplier_sum_warning=None,
+        ),
+        lambda: CEAG(G, _dense(), buffer_size=None, dual_lr=0.2, multiplier_sum_warning=None),
+        lambda: ELRB(G, _dense().shares, buffer_size=2, dual_lr=0.2, multiplier_sum_warning=None),
+        lambda: EL(G, variant="signed", dual_lr=0.2),
+    ],
+    ids=["ceag-sgd", "ceag-nupi", "ceag-batch", "el_rb", "el-signed"],
+)
+def test_state_dict_round_trip_gives_identical_next_steps(make):
+    a = make()
+    for s in range(4):
+        a.step(*_batch(seed=s))
+    state = a.state_dict()
+    b = make()
+    b.load_state_dict(state)
+    for s in range(4, 7):
+        batch = _batch(seed=s)
+        oa, ob = a.step(*batch), b.step(*_batch(seed=s))
+        assert torch.equal(oa.loss.detach(), ob.loss.detach())
+        assert torch.equal(a.multipliers, b.multipliers)
+        if a.uses_buffers:
+            assert torch.equal(a.buffer, b.buffer) and torch.equal(a.fill, b.fill)
+    assert a.num_steps == b.num_steps == 7
+
+
+def test_load_state_dict_rejects_another_method():
+    with pytest.raises(ValueError, match="method"):
+        EL(G).load_state_dict(NFT(G).state_dict())
+
+
+# -- arguments ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"tolerance": -0.1}, "tolerance"),
+        ({"buffer_size": 0}, "buffer_size"),
+        ({"dual_lr": 0.0}, "dual_lr"),
+        ({"dual_lr": -1e-3}, "dual_lr"),
+        ({"dual_optimizer": "adam"}, "dual_optimizer"),
+        ({"max_multiplier_sum": 0.0}, "max_multiplier_sum"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        CEAG(G, _dense(), **kwargs)
+
+
+def test_bad_shapes_and_groups_raise():
+    method = CEAG(G, _dense())
+    logits, target, group = _batch()
+    with pytest.raises(ValueError, match="target"):
+        method.step(logits, target[:-1], group)
+    with pytest.raises(ValueError, match="logits"):
+        method.step(logits[0], target, group)
+    with pytest.raises((ValueError, RuntimeError), match="group"):
+        method.step(logits, target, group + G)
+    with pytest.raises(ValueError, match="dense"):
+        CEAG(G + 1, _dense())
+    with pytest.raises(ValueError, match="group_shares"):
+        EL(G, buffer_size=4)
+    with pytest.raises(ValueError, match="tolerance"):
+        EL(G, variant="signed", tolerance=0.1)
+    with pytest.raises(ValueError, match="maximize"):
+        CEAG(G, _dense(), dual_optimizer=lambda p, lr: torch.optim.SGD(p, lr=lr))
+
+
+def test_build_method_names():
+    dense = _dense()
+    assert isinstance(build_method("nft", G), NFT)
+    assert build_method("ceag", G, dense=dense).buffer_size == 40
+    assert build_method("ceag_batch", G, dense=dense).buffer_size is None
+    assert isinstance(build_method("el_rb", G, dense=dense), ELRB)
+    with pytest.raises(ValueError, match="name"):
+        build_method("fairgrape", G)
