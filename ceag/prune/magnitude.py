@@ -101,6 +101,10 @@ def sparsify(
     attention reads directly). Idempotent: layers already masked stay as they are (a masked
     layer is never made dense again), and they count when locating the first conv / last
     linear, so a second call with the same arguments changes nothing.
+
+    Call it before wrapping the model in ``DistributedDataParallel`` or ``torch.compile``
+    (both capture the module tree), and before loading a checkpoint of a sparsified model
+    (its state dict has the ``mask`` buffers).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -202,8 +206,9 @@ def magnitude_prune(
     Ties are broken deterministically: among equal magnitudes the weight with the lower
     row-major index is pruned first; in global scope layers are ordered as
     :func:`prunable_layers` lists them. Magnitudes are compared in float32 (float64 if a
-    weight is float64). Cost: one O(n) selection (``kthvalue``) per layer, or over all
-    masked weights for the global scope.
+    weight is float64); NaN magnitudes count as +inf (kept). Equal weights give equal masks,
+    so data-parallel replicas stay in step. Cost: one O(n) selection (``kthvalue``) per
+    layer, or over all masked weights for the global scope.
     """
     s = check_sparsity(sparsity, "sparsity")
     if scope not in ("layer", "global"):

@@ -59,6 +59,7 @@ def test_sparsify_swaps_all_but_first_conv_and_last_linear():
     assert [type(m).__name__ for m in model if isinstance(m, (nn.Linear, nn.Conv2d))] == [
         "Conv2d", "MaskedConv2d", "MaskedConv2d", "MaskedLinear", "Linear"]
     assert [n for n, _ in prunable_layers(model)] == ["2", "4", "7"]
+    assert isinstance(model[2], MaskedConv2d) and model[2].stride == (2, 2) and model[4].groups == 2
     assert all(a is b for a, b in zip(params, model.parameters())), "Parameters must be shared"
     torch.testing.assert_close(model(x), y)  # all-True masks: same function
 
@@ -313,6 +314,7 @@ def test_sparsity_report():
     assert f"{report.overall.sparsity:.2%}" in text
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # emitted inside inductor
 def test_compile_fullgraph_sparsified_mlp():
     model = sparsify(build("mlp"))
     magnitude_prune(model, 0.9)
