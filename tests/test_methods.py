@@ -351,3 +351,28 @@ def test_build_method_names():
     assert isinstance(build_method("el_rb", G, dense=dense), ELRB)
     with pytest.raises(ValueError, match="name"):
         build_method("fairgrape", G)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CEAG(G, _dense(), buffer_size=3, dual_lr=0.2, multiplier_sum_warning=None),
+        lambda: CEAG(G, _dense(), buffer_size=None, dual_lr=0.2, multiplier_sum_warning=None),
+        lambda: EL(G, variant="signed", dual_lr=0.2),
+    ],
+    ids=["ceag-buffers", "ceag-batch", "el-signed"],
+)
+def test_direct_sgd_dual_step_equals_cooper_lagrangian_path(make, monkeypatch):
+    """The stateless-SGD shortcut gives exactly the update of Cooper's dual-Lagrangian backward."""
+    import ceag.methods as methods
+
+    direct = make()
+    assert methods._is_stateless_sgd(direct.dual_optimizer)
+    via_cooper = make()
+    for s in range(6):
+        direct.step(*_batch(seed=s))
+        with monkeypatch.context() as m:
+            m.setattr(methods, "_is_stateless_sgd", lambda opt: False)
+            via_cooper.step(*_batch(seed=s))
+        torch.testing.assert_close(direct.multipliers, via_cooper.multipliers, rtol=1e-6, atol=1e-7)
+    assert direct.multipliers.abs().sum() > 0
