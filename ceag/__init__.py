@@ -2,11 +2,11 @@
 
 Layers, in pipeline order: ``ceag.ops`` (fused kernels behind one API) -> ``ceag.nn``
 (masked layers) -> ``ceag.prune`` -> ``ceag.metrics`` -> ``ceag.methods`` (NFT, EL, EL+RB,
-CEAG) -> training (a later issue).
+CEAG) -> ``ceag.train`` (dense training, GMP, mitigation, checkpoints).
 """
 
 from ceag import _extension  # noqa: F401  (registers torch.ops.ceag before anything uses it)
-from ceag import metrics, methods, nn, ops, prune
+from ceag import metrics, methods, nn, ops, prune, train
 
 __version__ = "0.1.0"
-__all__ = ["metrics", "methods", "nn", "ops", "prune", "__version__"]
+__all__ = ["metrics", "methods", "nn", "ops", "prune", "train", "__version__"]

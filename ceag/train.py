@@ -1,0 +1,770 @@
+"""Training pipeline: dense statistics → GMP phase → mitigation phase, with checkpoints.
+
+:class:`Trainer` runs, for one :class:`TrainConfig`::
+
+    dense training (optional, ``dense_epochs``; skip it by passing a trained model)
+    dense statistics on train and test (once, eval mode, before any pruning)
+    sparse phase, epoch e = 0 .. pruning_epochs + mitigation_epochs - 1:
+        GMP prunes at the start of the epoch when due (cubic schedule, end at e = pruning_epochs)
+        constraints active from e = pruning_epochs on (the GMP phase is NFT)
+        SGD steps (method.step → backward → step → re-apply masks), step LR decay at 60/80/90%
+        evaluation on train and test: accuracy, loss, Ψ_PW, max ψ, fraction within ε
+    history → ``history.json`` / ``history.csv`` in ``output_dir``; checkpoint ``last.ckpt``
+
+Data: ``train_set`` is a map-style dataset of ``(inputs, target, group)`` samples (a
+``TensorDataset`` is indexed in whole batches, without a DataLoader). Epoch ``e``'s order is
+``randperm`` of a ``torch.Generator`` seeded by ``(seed, e)``, so the data order is a pure
+function of the config and a resumed run sees exactly the batches an uninterrupted one would.
+
+Checkpoints hold everything the rest of the run depends on: weights and masks, optimizer and
+LR scheduler, the method's state (multipliers, dual optimizer, replay buffers), the GMP
+schedule position, epoch / batch counters, dense statistics, history, and the RNG states
+(torch CPU and CUDA, ``random``, numpy). They are written atomically (temporary file in the
+same folder, fsync, ``os.replace``) with a SHA-256 of the payload in a header, so a
+truncated or corrupted file raises :class:`CheckpointError`. With
+``checkpoint_every_steps`` a run can also resume mid-epoch, exactly.
+
+Data-parallel (``torch.distributed`` initialised, world size W > 1): every rank takes its
+contiguous 1/W slice of each global batch, gradients are averaged by
+``DistributedDataParallel``, and constrained methods all-reduce their buffer statistics so
+every rank holds the same multipliers; rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ceag.methods import ConstrainedMethod, Method, build_method
+from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
+from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, sparsity_report
+
+__all__ = [
+    "CheckpointError",
+    "TrainConfig",
+    "Trainer",
+    "epoch_permutation",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
+
+METHOD_NAMES = ("nft", "el", "el_rb", "ceag", "ceag_batch")
+CHECKPOINT_NAME = "last.ckpt"
+_MAGIC = b"CEAGCKPT1\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (paper defaults where it has them).
+
+    Phases: ``dense_epochs`` of dense training (0: the given model is the dense model), then
+    ``pruning_epochs`` of GMP (cubic, ``initial_sparsity`` → ``final_sparsity``, pruning
+    every ``pruning_frequency`` epochs at the start of the epoch; the final pruning happens
+    at the start of sparse epoch ``pruning_epochs``; 0 is one-shot pruning), then
+    ``mitigation_epochs`` with the method's constraints active (unless
+    ``constraints_during_pruning``, which activates them from the start).
+
+    Optimisation: SGD (``lr``, ``momentum``, ``weight_decay``) over all trainable parameters,
+    LR × ``lr_gamma`` at the fractions ``lr_milestones`` of the phase's epochs (dense phase
+    with ``dense_lr``, sparse phase with ``lr``).
+
+    Method: ``method`` in nft / el / el_rb / ceag / ceag_batch with ``tolerance`` (ε),
+    ``buffer_size`` (k), ``dual_lr``, ``dual_optimizer`` and any further keyword arguments of
+    the method in ``method_options``.
+
+    Reporting: ψ over groups with at least ``min_count`` samples; files in ``output_dir``
+    (None: nothing written, no checkpoints).
+    """
+
+    num_groups: int
+    method: str = "ceag"
+    tolerance: float = 0.01
+    buffer_size: int | None = 40
+    dual_lr: float = 1e-3
+    dual_optimizer: str = "sgd"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    constraints_during_pruning: bool = False
+
+    dense_epochs: int = 0
+    dense_lr: float = 1e-2
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.9
+    pruning_epochs: int = 15
+    pruning_frequency: int = 1
+    pruning_scope: str = "layer"
+    mitigation_epochs: int = 10
+
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] = (0.6, 0.8, 0.9)
+    lr_gamma: float = 0.1
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    num_workers: int = 0
+
+    seed: int = 0
+    device: str = "cpu"
+    eval_train: bool = True
+    eval_test: bool = True
+    min_count: int = 1
+    output_dir: str | None = None
+    checkpoint_every_steps: int = 0
+    progress: bool = True
+
+    # Fields a resumed run may change without changing the result.
+    RESUMABLE_CHANGES = ("output_dir", "progress", "device", "num_workers", "checkpoint_every_steps")
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+        self.method_options = dict(self.method_options)
+        self.validate()
+
+    # -- validation ------------------------------------------------------------------------
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError / TypeError naming the first bad field."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"TrainConfig.{name} {why}, got {getattr(self, name)!r}")
+
+        def integer(name: str, lo: int, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"TrainConfig.{name} must be an int, got {v!r}")
+            if v < lo:
+                bad(name, f"must be >= {lo}")
+
+        def real(name: str, lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                bad(name, "must be a finite number")
+            if v < lo or (lo_open and v == lo):
+                bad(name, f"must be {'>' if lo_open else '>='} {lo}")
+            if hi is not None and (v > hi or (hi_open and v == hi)):
+                bad(name, f"must be {'<' if hi_open else '<='} {hi}")
+
+        integer("num_groups", 1)
+        if self.method not in METHOD_NAMES:
+            bad("method", f"must be one of {', '.join(METHOD_NAMES)}")
+        real("tolerance", 0.0)
+        integer("buffer_size", 1, allow_none=True)
+        if self.method in ("ceag", "el_rb") and self.buffer_size is None:
+            bad("buffer_size", f"must be set for method {self.method!r} (use 'ceag_batch' for none)")
+        real("dual_lr", 0.0, lo_open=True)
+        if not isinstance(self.dual_optimizer, str) or self.dual_optimizer not in ("sgd", "nupi"):
+            bad("dual_optimizer", "must be 'sgd' or 'nupi'")
+        for name in ("dense_epochs", "pruning_epochs", "mitigation_epochs"):
+            integer(name, 0)
+        integer("pruning_frequency", 1)
+        real("initial_sparsity", 0.0, 1.0)
+        real("final_sparsity", 0.0, 1.0)
+        if self.initial_sparsity > self.final_sparsity:
+            bad("initial_sparsity", f"must be <= final_sparsity ({self.final_sparsity})")
+        if self.pruning_scope not in ("layer", "global"):
+            bad("pruning_scope", "must be 'layer' or 'global'")
+        real("lr", 0.0, lo_open=True)
+        real("dense_lr", 0.0, lo_open=True)
+        real("momentum", 0.0, 1.0)
+        real("weight_decay", 0.0)
+        real("lr_gamma", 0.0, 1.0, lo_open=True, hi_open=False)
+        for m in self.lr_milestones:
+            if not 0.0 < m < 1.0:
+                bad("lr_milestones", "must hold fractions in (0, 1)")
+        integer("batch_size", 1)
+        integer("eval_batch_size", 1)
+        integer("num_workers", 0)
+        integer("seed", 0)
+        integer("min_count", 1)
+        integer("checkpoint_every_steps", 0)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            bad("device", "is not a torch device")
+        return self
+
+    # -- derived ---------------------------------------------------------------------------
+
+    @property
+    def sparse_epochs(self) -> int:
+        return self.pruning_epochs + self.mitigation_epochs
+
+    @property
+    def total_epochs(self) -> int:
+        return self.dense_epochs + self.sparse_epochs
+
+    def method_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`ceag.methods.build_method` for this config."""
+        kw: dict[str, Any] = {}
+        if self.method != "nft":
+            kw.update(tolerance=self.tolerance, dual_lr=self.dual_lr, dual_optimizer=self.dual_optimizer)
+            kw["active"] = self.constraints_during_pruning
+        if self.method in ("ceag", "el_rb"):
+            kw["buffer_size"] = self.buffer_size
+        kw.update(self.method_options)
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def _milestones(fracs: Sequence[float], epochs: int) -> list[int]:
+    return sorted({int(round(f * epochs)) for f in fracs if 0 < int(round(f * epochs)) < max(epochs, 1)})
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch ``epoch``: ``randperm`` of a generator seeded by (seed, epoch)."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + 1) % (2**63 - 1))
+    return torch.randperm(num_samples, generator=gen)
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint files
+# ---------------------------------------------------------------------------------------
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupted or not a ceag checkpoint."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    Layout: magic line, JSON header line (payload length and SHA-256), ``torch.save`` payload.
+    A crash at any point leaves either the previous file or the new one, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    header = json.dumps({"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC)
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying length and SHA-256."""
+    path = Path(path)
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        raise CheckpointError(f"{path}: not a ceag checkpoint (bad magic; truncated or foreign file?)")
+    nl = data.find(b"\n", len(_MAGIC))
+    if nl < 0:
+        raise CheckpointError(f"{path}: truncated checkpoint (no header)")
+    try:
+        header = json.loads(data[len(_MAGIC) : nl])
+        length, digest = int(header["length"]), str(header["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: corrupted checkpoint header ({e})") from None
+    payload = data[nl + 1 :]
+    if len(payload) != length:
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint: payload is {len(payload)} bytes, header says {length}")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"{path}: corrupted checkpoint: SHA-256 mismatch")
+    # Our own, checksum-verified file; it holds numpy RNG state and plain Python objects.
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------
+# RNG state
+# ---------------------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------
+# Distributed helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
+# ---------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` on a model and data sets; see the module docstring.
+
+    Args:
+        config: the run's configuration.
+        model: the classifier; its Linear / Conv2d layers are made masked with
+            :func:`ceag.prune.sparsify` (first conv and last linear kept dense) unless it
+            already has masked layers.
+        train_set: map-style dataset of ``(inputs, target, group)`` samples.
+        test_set: the same for evaluation (optional).
+        dense_stats: the dense model's train-set :class:`GroupStats`, if already known
+            (otherwise computed from the model before pruning).
+
+    After :meth:`fit`: :attr:`history` (one dict per epoch), :attr:`method`,
+    :attr:`dense_stats` / :attr:`dense_test_stats`, the trained :attr:`model`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        train_set: Dataset,
+        test_set: Dataset | None = None,
+        *,
+        dense_stats: GroupStats | None = None,
+    ) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.config = config.validate()
+        self.device = torch.device(config.device)
+        self.rank, self.world_size = _dist()
+        if not prunable_layers(model):
+            model = sparsify(model)
+        if not prunable_layers(model) and config.final_sparsity > 0:
+            raise ValueError("the model has no Linear / Conv2d layer to prune")
+        self.model = model.to(self.device)
+        self.train_set = train_set
+        self.test_set = test_set
+        self.num_train = len(train_set)  # type: ignore[arg-type]
+        if self.num_train == 0:
+            raise ValueError("train_set is empty")
+
+        self.schedule = GMPSchedule(
+            config.initial_sparsity,
+            config.final_sparsity,
+            start_step=0,
+            end_step=config.pruning_epochs,
+            frequency=config.pruning_frequency,
+            scope=config.pruning_scope,
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.dense_optimizer = torch.optim.SGD(
+            params, lr=config.dense_lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.dense_scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.dense_optimizer, _milestones(config.lr_milestones, config.dense_epochs), config.lr_gamma
+        )
+        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, _milestones(config.lr_milestones, config.sparse_epochs), config.lr_gamma
+        )
+        self.ddp: nn.Module | None = None
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=None if self.device.type == "cpu" else [self.device])
+
+        self.dense_stats: GroupStats | None = dense_stats.cpu() if dense_stats is not None else None
+        self.dense_test_stats: GroupStats | None = None
+        self.method: Method | None = None
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # global epoch (dense then sparse) of the next batch
+        self.batch = 0  # batches done within self.epoch
+        self.global_step = 0
+        self._accum = self._zero_accum()
+        self._started = False
+        self.on_batch_end: Callable[["Trainer"], None] | None = None  # test / user hook
+
+    # -- paths -----------------------------------------------------------------------------
+
+    @property
+    def output_dir(self) -> Path | None:
+        return Path(self.config.output_dir) if self.config.output_dir is not None else None
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.output_dir / CHECKPOINT_NAME if self.output_dir is not None else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _batches(
+        self, dataset: Any, order: torch.Tensor, batch_size: int, start: int = 0, split: bool = True
+    ) -> Iterator[tuple]:
+        """Batches of ``dataset`` at ``order``, from batch ``start``; with ``split``, this
+        rank's contiguous slice of each (data-parallel)."""
+        chunks = list(order.split(batch_size))[start:]
+        if split and self.world_size > 1:
+            chunks = [c.tensor_split(self.world_size)[self.rank] for c in chunks]
+        if isinstance(dataset, TensorDataset):
+            for idx in chunks:
+                yield tuple(t[idx] for t in dataset.tensors)
+            return
+        loader = DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=self.config.num_workers)
+        yield from loader
+
+    def _eval_batches(self, dataset: Any) -> Iterable:
+        if isinstance(dataset, (TensorDataset, Dataset)) and hasattr(dataset, "__len__"):
+            # Every rank evaluates the whole split.
+            return self._batches(dataset, torch.arange(len(dataset)), self.config.eval_batch_size, split=False)
+        return dataset  # any iterable of (inputs, target, group) batches
+
+    def _evaluate(self, dataset: Any) -> GroupStats:
+        return evaluate(self.model, self._eval_batches(dataset), self.config.num_groups, device=self.device)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _build_method(self) -> Method:
+        assert self.dense_stats is not None
+        return build_method(
+            self.config.method,
+            self.config.num_groups,
+            dense=self.dense_stats,
+            device=self.device,
+            **self.config.method_kwargs(),
+        )
+
+    def _compute_dense_stats(self) -> None:
+        if self.dense_stats is None:
+            self.dense_stats = dense_reference(
+                self.model, self._eval_batches(self.train_set), self.config.num_groups, device=self.device
+            )
+        if self.test_set is not None and self.dense_test_stats is None:
+            self.dense_test_stats = self._evaluate(self.test_set)
+        self.method = self._build_method()
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def phase(self, epoch: int) -> str:
+        c = self.config
+        if epoch < c.dense_epochs:
+            return "dense"
+        return "pruning" if epoch - c.dense_epochs < c.pruning_epochs else "mitigation"
+
+    @staticmethod
+    def _zero_accum() -> dict[str, float]:
+        return {"loss_sum": 0.0, "mean_loss_sum": 0.0, "batches": 0}
+
+    def _train_module(self) -> nn.Module:
+        return self.ddp if self.ddp is not None else self.model
+
+    def _start_epoch(self, epoch: int) -> None:
+        """Epoch-start events (idempotent, so re-running them on a mid-epoch resume is harmless)."""
+        c = self.config
+        if epoch < c.dense_epochs:
+            return
+        if self.method is None:
+            self._compute_dense_stats()
+        e = epoch - c.dense_epochs
+        self.schedule.step(self.model, e, optimizer=self.optimizer)
+        if isinstance(self.method, ConstrainedMethod):
+            self.method.active = c.constraints_during_pruning or self.schedule.finished(e)
+
+    def _train_epoch(self, epoch: int, stop_at_step: int | None) -> None:
+        c = self.config
+        dense = epoch < c.dense_epochs
+        optimizer = self.dense_optimizer if dense else self.optimizer
+        order = epoch_permutation(self.num_train, c.seed, epoch)
+        num_batches = math.ceil(self.num_train / c.batch_size)
+        module = self._train_module()
+        module.train()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            self._batches(self.train_set, order, c.batch_size, start=self.batch),
+            total=num_batches,
+            initial=self.batch,
+            desc=f"epoch {epoch} ({self.phase(epoch)})",
+            leave=False,
+            disable=not (c.progress and self.is_main),
+        )
+        for inputs, target, group in bar:
+            inputs, target, group = (t.to(self.device, non_blocking=True) for t in (inputs, target, group))
+            logits = module(inputs)
+            if dense:
+                loss = nn.functional.cross_entropy(logits, target)
+                mean_loss = loss.detach()
+            else:
+                out = self.method.step(logits, target, group)  # type: ignore[union-attr]
+                loss, mean_loss = out.loss, out.mean_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            apply_masks_(self.model)
+            self._accum["loss_sum"] += float(loss.detach())
+            self._accum["mean_loss_sum"] += float(mean_loss)
+            self._accum["batches"] += 1
+            self.batch += 1
+            self.global_step += 1
+            if self.on_batch_end is not None:
+                self.on_batch_end(self)
+            every = c.checkpoint_every_steps
+            if every and self.global_step % every == 0 and self.batch < num_batches:
+                self.save()
+            if stop_at_step is not None and self.global_step >= stop_at_step:
+                raise _Stop
+        bar.close()
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        c = self.config
+        dense = epoch < c.dense_epochs
+        lr = (self.dense_optimizer if dense else self.optimizer).param_groups[0]["lr"]  # this epoch's
+        (self.dense_scheduler if dense else self.scheduler).step()
+        n = max(self._accum["batches"], 1)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "phase": self.phase(epoch),
+            "step": self.global_step,
+            "lr": lr,
+            "sparsity": sparsity_report(self.model).masked_overall.sparsity,
+            "active": bool(isinstance(self.method, ConstrainedMethod) and self.method.active and not dense),
+            "train_objective": self._accum["loss_sum"] / n,
+            "train_batch_loss": self._accum["mean_loss_sum"] / n,
+        }
+        lam = self.method.multipliers.cpu() if self.method is not None and not dense else None
+        row["multiplier_sum"] = float(lam.sum()) if lam is not None else 0.0
+        row["multiplier_max"] = float(lam.max()) if lam is not None else 0.0
+        splits = []
+        if c.eval_train:
+            splits.append(("train", self.train_set, self.dense_stats))
+        if c.eval_test and self.test_set is not None:
+            splits.append(("test", self.test_set, self.dense_test_stats))
+        for name, data, ref in splits:
+            stats = self._evaluate(data)
+            row[f"{name}_accuracy"] = stats.overall_accuracy
+            row[f"{name}_loss"] = stats.overall_loss
+            if ref is not None and not dense:
+                s = disparity(ref, stats, c.tolerance, min_count=c.min_count).summary()
+                row[f"{name}_accuracy_gap"] = s["accuracy_gap"]
+                row[f"{name}_psi_pw"] = s["psi_pw"]
+                row[f"{name}_max_psi"] = s["max_psi"]
+                row[f"{name}_frac_within"] = s["frac_within_tolerance"]
+            else:
+                for k in ("accuracy_gap", "psi_pw", "max_psi", "frac_within"):
+                    row[f"{name}_{k}"] = math.nan
+        if self.method is not None and not dense:
+            for k, v in self.method.log_dict().items():
+                if k not in ("multiplier_sum", "multiplier_max", "active"):
+                    row[f"method_{k}"] = v
+        return row
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None, stop_at_step: int | None = None) -> list[dict[str, Any]]:
+        """Run (or continue) training; returns :attr:`history`.
+
+        ``resume``: continue from ``output_dir/last.ckpt`` if it exists (else start fresh).
+        ``stop_after_epoch`` / ``stop_at_step``: stop early, as an interruption would (after
+        the epoch's checkpoint / right after that global step, without saving); a later
+        ``fit(resume=True)`` continues the same run.
+        """
+        c = self.config
+        if not self._started:
+            ckpt = self.checkpoint_path
+            if resume and ckpt is not None and ckpt.exists():
+                self.load(ckpt)
+            else:
+                _seed_everything(c.seed)
+            self._started = True
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(self.epoch, c.total_epochs), desc="train", disable=not (c.progress and self.is_main))
+        try:
+            for epoch in bar:
+                self._start_epoch(epoch)
+                self._train_epoch(epoch, stop_at_step)
+                row = self._end_epoch(epoch)
+                self.history.append(row)
+                self.epoch, self.batch, self._accum = epoch + 1, 0, self._zero_accum()
+                if self.epoch == c.dense_epochs and self.method is None and c.sparse_epochs > 0:
+                    self._compute_dense_stats()  # before any pruning, checkpointed with the epoch
+                bar.set_postfix({k: row[k] for k in ("train_accuracy", "train_max_psi", "multiplier_sum") if k in row})
+                self.write_history()
+                self.save()
+                if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                    break
+        except _Stop:
+            pass
+        finally:
+            bar.close()
+        return self.history
+
+    # -- files -----------------------------------------------------------------------------
+
+    def write_history(self) -> None:
+        """``history.json`` and ``history.csv`` in ``output_dir`` (rank 0; atomic)."""
+        out = self.output_dir
+        if out is None or not self.is_main:
+            return
+        import pandas as pd
+
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"config": self.config.to_dict(), "history": self.history}, indent=1, allow_nan=True)
+        _atomic_write_text(out / "history.json", text)
+        _atomic_write_text(out / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "global_step": self.global_step,
+            "accum": dict(self._accum),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "dense_optimizer": self.dense_optimizer.state_dict(),
+            "dense_scheduler": self.dense_scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "method": self.method.state_dict() if self.method is not None else None,
+            "dense_stats": self.dense_stats.state_dict() if self.dense_stats is not None else None,
+            "dense_test_stats": self.dense_test_stats.state_dict() if self.dense_test_stats is not None else None,
+            "history": [dict(r) for r in self.history],
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig.from_dict(state["config"]).to_dict()
+        now = self.config.to_dict()
+        diff = sorted(k for k in now if now[k] != saved.get(k) and k not in TrainConfig.RESUMABLE_CHANGES)
+        if diff:
+            raise ValueError(
+                "cannot resume: the checkpoint's config differs in "
+                + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r})" for k in diff)
+            )
+        self.model.load_state_dict(state["model"])
+        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        self.dense_scheduler.load_state_dict(state["dense_scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state["dense_stats"] is not None:
+            self.dense_stats = GroupStats.from_state_dict(state["dense_stats"])
+        if state["dense_test_stats"] is not None:
+            self.dense_test_stats = GroupStats.from_state_dict(state["dense_test_stats"])
+        if state["method"] is not None:
+            self.method = self._build_method()
+            self.method.load_state_dict(state["method"])
+        self.history = [dict(r) for r in state["history"]]
+        self.epoch, self.batch, self.global_step = int(state["epoch"]), int(state["batch"]), int(state["global_step"])
+        self._accum = dict(state["accum"])
+        _set_rng_state(state["rng"])
+
+    def save(self, path: str | os.PathLike | None = None) -> Path | None:
+        """Checkpoint the run (rank 0) to ``path`` or ``output_dir/last.ckpt``."""
+        path = path if path is not None else self.checkpoint_path
+        if path is None or not self.is_main:
+            return None
+        return save_checkpoint(self.state_dict(), path)
+
+    def load(self, path: str | os.PathLike | None = None) -> None:
+        path = path if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: set TrainConfig.output_dir or pass path")
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self._started = True
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def train(
+    config: TrainConfig,
+    model: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset | None = None,
+    *,
+    dense_stats: GroupStats | None = None,
+    resume: bool = False,
+) -> Trainer:
+    """Build a :class:`Trainer` and run it to the end; returns the trainer."""
+    trainer = Trainer(config, model, train_set, test_set, dense_stats=dense_stats)
+    trainer.fit(resume=resume)
+    return trainer

@@ -1,0 +1,336 @@
+"""ceag.train: resume equals an uninterrupted run, atomic and checksummed checkpoints,
+history files, config validation, and NFT vs CEAG through the Trainer (synthetic data of
+tests/test_end_to_end.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ceag.train as train_mod
+from ceag.nn import MaskedLinear
+from ceag.train import CheckpointError, TrainConfig, Trainer, epoch_permutation, load_checkpoint, save_checkpoint
+
+G = 4
+EPS = 0.02
+
+
+def _data(seed: int = 0, n: int = 4000, d: int = 16):
+    """Same construction as tests/test_end_to_end.py: 70/10/10/10% groups, one rule each."""
+    gen = torch.Generator().manual_seed(seed)
+    group = torch.multinomial(torch.tensor([0.7, 0.1, 0.1, 0.1]), n, replacement=True, generator=gen)
+    x = torch.randn(n, d, generator=gen)
+    rules = torch.randn(G, d, generator=torch.Generator().manual_seed(123))
+    y = ((x * rules[group]).sum(1) > 0).long()
+    inputs = torch.cat([x, nn.functional.one_hot(group, G).float()], 1)
+    return inputs, y, group
+
+
+def _model(d_in: int, seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        MaskedLinear(d_in, 64), nn.ReLU(), nn.Dropout(dropout), MaskedLinear(64, 64), nn.ReLU(), nn.Linear(64, 2)
+    )
+
+
+@pytest.fixture(scope="module")
+def small():
+    x, y, g = _data(n=1200)
+    return TensorDataset(x, y, g), TensorDataset(*_data(seed=1, n=400))
+
+
+def _config(tmp: Path | None, **kw) -> TrainConfig:
+    base = dict(
+        num_groups=G,
+        method="ceag",
+        tolerance=EPS,
+        dual_lr=0.05,
+        buffer_size=10,
+        method_options={"multiplier_sum_warning": None},
+        dense_epochs=1,
+        dense_lr=0.05,
+        final_sparsity=0.8,
+        pruning_epochs=2,
+        mitigation_epochs=3,
+        lr=0.02,
+        batch_size=100,
+        eval_batch_size=600,
+        progress=False,
+        output_dir=None if tmp is None else str(tmp),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _same_history(a: list[dict], b: list[dict]) -> bool:
+    if len(a) != len(b):
+        return False
+    for ra, rb in zip(a, b):
+        if ra.keys() != rb.keys():
+            return False
+        for k in ra:
+            va, vb = ra[k], rb[k]
+            if isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb):
+                continue
+            if va != vb:
+                return False
+    return True
+
+
+def _assert_same_run(t1: Trainer, t2: Trainer) -> None:
+    s1, s2 = t1.model.state_dict(), t2.model.state_dict()
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    assert torch.equal(t1.method.multipliers, t2.method.multipliers)
+    assert torch.equal(t1.method.buffer, t2.method.buffer)
+    assert _same_history(t1.history, t2.history), (t1.history, t2.history)
+
+
+# ---------------------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small, tmp_path_factory):
+    train, test = small
+    t = Trainer(_config(tmp_path_factory.mktemp("full")), _model(20, dropout=0.1), train, test)
+    t.fit()
+    return t
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        {"stop_after_epoch": 0},  # end of the dense phase: dense statistics computed, then saved
+        {"stop_after_epoch": 2},  # last GMP epoch: constraints turn on after resuming
+        {"stop_at_step": 40, "checkpoint_every_steps": 7},  # mid-epoch (step 35 checkpoint)
+    ],
+    ids=["after-dense", "after-pruning", "mid-epoch"],
+)
+def test_resume_is_bit_identical_to_uninterrupted_run(small, uninterrupted, tmp_path, stop):
+    train, test = small
+    stop = dict(stop)
+    every = stop.pop("checkpoint_every_steps", 0)
+    cfg = _config(tmp_path, checkpoint_every_steps=every)
+    first = Trainer(cfg, _model(20, dropout=0.1), train, test)
+    first.fit(**stop)
+    assert first.epoch < cfg.total_epochs
+    torch.manual_seed(12345)  # the global RNG state must come from the checkpoint
+    # A fresh process would build the model again (different init: the weights must be loaded).
+    second = Trainer(cfg, _model(20, seed=7, dropout=0.1), train, test)
+    second.fit(resume=True)
+    assert second.epoch == cfg.total_epochs
+    _assert_same_run(uninterrupted, second)
+
+
+def test_resume_of_finished_run_is_a_no_op_and_resume_without_checkpoint_starts_fresh(small, uninterrupted, tmp_path):
+    train, test = small
+    cfg = _config(tmp_path)
+    t = Trainer(cfg, _model(20, dropout=0.1), train, test)
+    t.fit(resume=True)  # nothing there yet: a fresh run
+    _assert_same_run(uninterrupted, t)
+    again = Trainer(cfg, _model(20, dropout=0.1), train, test)
+    again.fit(resume=True)
+    _assert_same_run(uninterrupted, again)
+
+
+def test_resume_with_a_different_config_names_the_field(small, tmp_path):
+    train, test = small
+    Trainer(_config(tmp_path), _model(20), train, test).fit(stop_after_epoch=0)
+    other = Trainer(_config(tmp_path, dual_lr=0.01, progress=True), _model(20), train, test)
+    with pytest.raises(ValueError, match="dual_lr"):
+        other.fit(resume=True)
+
+
+def test_epoch_permutation_is_a_function_of_seed_and_epoch():
+    assert torch.equal(epoch_permutation(100, 0, 3), epoch_permutation(100, 0, 3))
+    assert not torch.equal(epoch_permutation(100, 0, 3), epoch_permutation(100, 0, 4))
+    assert not torch.equal(epoch_permutation(100, 0, 3), epoch_permutation(100, 1, 3))
+    assert sorted(epoch_permutation(100, 5, 2).tolist()) == list(range(100))
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint files
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpointed(small, tmp_path):
+    train, test = small
+    t = Trainer(_config(tmp_path), _model(20), train, test)
+    t.fit(stop_after_epoch=1)
+    return t
+
+
+def test_crash_mid_write_leaves_previous_checkpoint_readable(checkpointed, monkeypatch):
+    t = checkpointed
+    path = t.checkpoint_path
+    before = path.read_bytes()
+    assert load_checkpoint(path)["epoch"] == 2
+
+    def crash(fd):  # the temp file is (partly) written, the rename has not happened
+        raise OSError("simulated power loss")
+
+    monkeypatch.setattr(train_mod.os, "fsync", crash)
+    t.epoch = 99
+    with pytest.raises(OSError, match="power loss"):
+        t.save()
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["epoch"] == 2
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+    # A crash between writing and renaming (os.replace never runs) is just as harmless.
+    monkeypatch.setattr(train_mod.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError, match="killed"):
+        t.save()
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "header"])
+def test_corrupted_checkpoint_is_detected(checkpointed, damage):
+    path = checkpointed.checkpoint_path
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-100] ^= 0x01
+        match = "SHA-256"
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+        match = "truncated"
+    elif damage == "garbage":
+        data = bytearray(b"PK\x03\x04 not ours")
+        match = "not a ceag checkpoint"
+    else:
+        data[len(train_mod._MAGIC) + 2] ^= 0x20
+        match = "header|truncated|SHA-256"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+    fresh = Trainer(checkpointed.config, _model(20), checkpointed.train_set, checkpointed.test_set)
+    with pytest.raises(CheckpointError):
+        fresh.fit(resume=True)
+
+
+def test_save_load_roundtrip(tmp_path):
+    state = {"a": torch.arange(5), "b": [1, "x", None]}
+    save_checkpoint(state, tmp_path / "sub" / "c.ckpt")
+    out = load_checkpoint(tmp_path / "sub" / "c.ckpt")
+    assert torch.equal(out["a"], state["a"]) and out["b"] == state["b"]
+
+
+# ---------------------------------------------------------------------------------------
+# History, phases
+# ---------------------------------------------------------------------------------------
+
+
+def test_history_files_and_phase_plumbing(uninterrupted):
+    t = uninterrupted
+    cfg = t.config
+    out = Path(cfg.output_dir)
+    df = pd.read_csv(out / "history.csv")
+    expected = {"epoch", "phase", "step", "lr", "sparsity", "active", "train_objective", "train_batch_loss",
+                "multiplier_sum", "multiplier_max"}
+    for split in ("train", "test"):
+        expected |= {f"{split}_{k}" for k in ("accuracy", "loss", "accuracy_gap", "psi_pw", "max_psi", "frac_within")}
+    assert expected <= set(df.columns)
+    assert len(df) == cfg.total_epochs
+    saved = json.loads((out / "history.json").read_text())
+    assert saved["config"]["method"] == "ceag" and len(saved["history"]) == cfg.total_epochs
+
+    h = t.history
+    assert [r["phase"] for r in h] == ["dense", "pruning", "pruning", "mitigation", "mitigation", "mitigation"]
+    # Constraints off (and multipliers at 0) during the dense and GMP phases, on afterwards.
+    assert [r["active"] for r in h] == [False, False, False, True, True, True]
+    assert all(r["multiplier_sum"] == 0.0 for r in h[:3])
+    assert h[-1]["multiplier_sum"] > 0
+    # Cubic GMP schedule from 0 to 0.8 over the two pruning epochs, final sparsity at epoch 3.
+    sp = [r["sparsity"] for r in h]
+    assert sp[0] == 0.0 and sp[1] == 0.0 and 0.6 < sp[2] < 0.8 and abs(sp[3] - 0.8) < 1e-3 and sp[-1] == sp[3]
+    # Step LR decay at 60/80/90% of the 5 sparse epochs: milestones 3 and 4.
+    assert [r["lr"] for r in h[1:]] == pytest.approx([0.02, 0.02, 0.02, 0.002, 0.0002])
+    # Pruned weights stayed exactly zero through training (masks re-applied).
+    for m in t.model.modules():
+        if isinstance(m, MaskedLinear):
+            assert bool((m.weight[~m.mask] == 0).all())
+    # ψ reported on the dense phase as NaN (no sparse model yet), numbers afterwards.
+    assert math.isnan(h[0]["train_max_psi"]) and not math.isnan(h[-1]["test_psi_pw"])
+
+
+def test_nft_vs_ceag_through_trainer():
+    """The end-to-end effect: NFT leaves a minority group's ψ above ε, CEAG does not."""
+    x, y, g = _data()
+    model = _model(x.shape[1])
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(30):
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), 128):
+            j = perm[i : i + 128]
+            loss = nn.functional.cross_entropy(model(x[j]), y[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    reports = {}
+    for name in ("nft", "ceag"):
+        cfg = _config(None, method=name, dense_epochs=0, pruning_epochs=0, mitigation_epochs=20, batch_size=128,
+                      weight_decay=0.0, lr_milestones=(0.75,), buffer_size=20, eval_test=False,
+                      method_options={} if name == "nft" else {"multiplier_sum_warning": None})
+        t = Trainer(cfg, copy.deepcopy(model), TensorDataset(x, y, g))
+        t.fit()
+        reports[name] = t.history[-1]
+    nft, ceag = reports["nft"], reports["ceag"]
+    assert nft["train_max_psi"] > 2 * EPS, nft
+    assert ceag["train_max_psi"] <= EPS + 0.005, ceag
+    assert abs(ceag["train_accuracy"] - nft["train_accuracy"]) <= 0.03
+    assert ceag["train_psi_pw"] < nft["train_psi_pw"]
+    assert nft["multiplier_sum"] == 0 and ceag["multiplier_sum"] > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Config validation
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("method", "fairgrape"),
+        ("final_sparsity", 1.0),
+        ("final_sparsity", -0.1),
+        ("initial_sparsity", 0.95),  # > final_sparsity
+        ("tolerance", -0.01),
+        ("dense_epochs", -1),
+        ("mitigation_epochs", -2),
+        ("pruning_epochs", 1.5),
+        ("pruning_frequency", 0),
+        ("dual_lr", 0.0),
+        ("lr", -1.0),
+        ("momentum", 1.0),
+        ("batch_size", 0),
+        ("lr_milestones", (0.5, 1.2)),
+        ("buffer_size", 0),
+        ("num_groups", 0),
+        ("min_count", 0),
+        ("pruning_scope", "row"),
+        ("device", "not-a-device"),
+    ],
+)
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises((ValueError, TypeError), match=field):
+        _config(None, **{field: value})
+
+
+def test_trainer_rejects_non_config(small):
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer({"num_groups": G}, _model(20), small[0])  # type: ignore[arg-type]
