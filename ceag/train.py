@@ -271,29 +271,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     torch.save(state, buf)
     payload = buf.getvalue()
     header = json.dumps({"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC)
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    _atomic_write(path, _MAGIC, header, payload)
     return path
 
 
@@ -674,8 +652,8 @@ class Trainer:
 
         out.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": self.config.to_dict(), "history": self.history}, indent=1, allow_nan=True)
-        _atomic_write_text(out / "history.json", text)
-        _atomic_write_text(out / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
+        _atomic_write(out / "history.json", text.encode())
+        _atomic_write(out / "history.csv", pd.DataFrame(self.history).to_csv(index=False).encode())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -739,11 +717,15 @@ class Trainer:
         self._started = True
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _atomic_write(path: Path, *chunks: bytes) -> None:
+    """Write ``chunks`` to ``path`` atomically: temp file in the same folder, fsync, rename,
+    then fsync the folder so the rename itself is durable. A crash leaves the old or the new
+    file, never a mix, and no temp file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -753,6 +735,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
 
 
 def train(

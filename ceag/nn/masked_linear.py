@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ceag.nn._mask import check_mask
 from ceag.ops.masked_linear import MaskLayout, cpu_layout, masked_linear
 
 __all__ = ["MaskedLinear"]
@@ -66,12 +67,7 @@ class MaskedLinear(nn.Linear):
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Copy ``mask`` (bool, weight's shape) into the mask buffer and refresh the layout."""
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be bool, got {mask.dtype}")
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"mask must have weight's shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
+        check_mask(mask, self.weight)
         with torch.no_grad():
             self.mask.copy_(mask)
         self.refresh_layout()
