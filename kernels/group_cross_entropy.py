@@ -136,7 +136,7 @@ def _forward_kernel(
         loss = tl.where(keep, loss, 0.0)
         correct = keep & (run_arg == safe_t)
         tl.store(lse_ptr + rows, lse, mask=r_ok)
-        tl.store(sample_correct_ptr + rows, correct.to(tl.uint8), mask=r_ok)
+        tl.store(sample_correct_ptr + rows, correct, mask=r_ok)
 
         if WEIGHTED:
             w = tl.load(weight_ptr + group * stride_w, mask=keep, other=0.0).to(ACC)
@@ -279,7 +279,7 @@ def forward(
     weight = group_weight if weighted else lse
     wrap_triton(_forward_kernel)[(programs,)](
         logits, target, group, weight,
-        *dest, sample_correct.view(torch.uint8), lse, grad,
+        *dest, sample_correct, lse, grad,  # a dtype view would be copied, not written, under inductor
         n, c, g, num_blocks,
         logits.stride(0), logits.stride(1), grad.stride(0) if weighted else 0,
         grad.stride(1) if weighted else 0, weight.stride(0),

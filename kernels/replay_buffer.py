@@ -80,8 +80,9 @@ def _state_kernel(head_ptr, fill_ptr, group_ptr, last_total_ptr, N, k, BLOCK: tl
 def _update_with_kernel(buffer, head, fill, group, values) -> None:
     n = group.shape[0]
     k = buffer.shape[1]
-    buf = buffer.view(torch.uint8) if buffer.dtype == torch.bool else buffer
-    vals = values.view(torch.uint8) if values.dtype == torch.bool else values
+    # bool tensors go in as they are (Triton's *i1): a dtype view of the mutated buffer would
+    # be written as a copy under inductor.
+    buf, vals = buffer, values
     last_total = torch.empty(n, dtype=torch.int32, device=group.device)
     block_i = min(64, triton.next_power_of_2(n))
     block_j = min(128, triton.next_power_of_2(n))
