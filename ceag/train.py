@@ -576,6 +576,8 @@ class Trainer:
         lam = self.method.multipliers.cpu() if self.method is not None and not dense else None
         row["multiplier_sum"] = float(lam.sum()) if lam is not None else 0.0
         row["multiplier_max"] = float(lam.max()) if lam is not None else 0.0
+        if isinstance(self.method, ConstrainedMethod) and not dense:
+            row["multipliers"] = lam.tolist()  # [G] trajectories for plots; JSON only, not CSV
         splits = []
         if c.eval_train:
             splits.append(("train", self.train_set, self.dense_stats))
@@ -653,7 +655,8 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"config": self.config.to_dict(), "history": self.history}, indent=1, allow_nan=True)
         _atomic_write(out / "history.json", text.encode())
-        _atomic_write(out / "history.csv", pd.DataFrame(self.history).to_csv(index=False).encode())
+        flat = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in self.history]
+        _atomic_write(out / "history.csv", pd.DataFrame(flat).to_csv(index=False).encode())
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -254,6 +254,12 @@ def test_history_files_and_phase_plumbing(uninterrupted):
     assert [r["active"] for r in h] == [False, False, False, True, True, True]
     assert all(r["multiplier_sum"] == 0.0 for r in h[:3])
     assert h[-1]["multiplier_sum"] > 0
+    # Per-group multiplier trajectories: in history.json (for plots), not in the CSV.
+    assert "multipliers" not in df.columns and "multipliers" not in h[0]
+    lam = [r["multipliers"] for r in h[1:]]
+    assert all(len(v) == cfg.num_groups for v in lam)
+    assert sum(lam[-1]) == pytest.approx(h[-1]["multiplier_sum"]) and max(lam[-1]) == h[-1]["multiplier_max"]
+    assert saved["history"][-1]["multipliers"] == lam[-1]
     # Cubic GMP schedule from 0 to 0.8 over the two pruning epochs, final sparsity at epoch 3.
     sp = [r["sparsity"] for r in h]
     assert sp[0] == 0.0 and sp[1] == 0.0 and 0.6 < sp[2] < 0.8 and abs(sp[3] - 0.8) < 1e-3 and sp[-1] == sp[3]
