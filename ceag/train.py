@@ -40,6 +40,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -423,6 +424,9 @@ class Trainer:
         self._accum = self._zero_accum()
         self._started = False
         self.on_batch_end: Callable[["Trainer"], None] | None = None  # test / user hook
+        # Wall-clock seconds and steps of the training loops per phase, this process only (not
+        # checkpointed: timings are not part of the run's result).
+        self.timings: dict[str, dict[str, float]] = {}
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -530,6 +534,8 @@ class Trainer:
             leave=False,
             disable=not (c.progress and self.is_main),
         )
+        timing = self.timings.setdefault(self.phase(epoch), {"seconds": 0.0, "steps": 0})
+        start = time.perf_counter()
         for inputs, target, group in bar:
             inputs, target, group = (t.to(self.device, non_blocking=True) for t in (inputs, target, group))
             logits = module(inputs)
@@ -548,13 +554,16 @@ class Trainer:
             self._accum["batches"] += 1
             self.batch += 1
             self.global_step += 1
+            timing["steps"] += 1
             if self.on_batch_end is not None:
                 self.on_batch_end(self)
             every = c.checkpoint_every_steps
             if every and self.global_step % every == 0 and self.batch < num_batches:
                 self.save()
             if stop_at_step is not None and self.global_step >= stop_at_step:
+                timing["seconds"] += time.perf_counter() - start
                 raise _Stop
+        timing["seconds"] += time.perf_counter() - start
         bar.close()
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:

@@ -1,0 +1,5 @@
+import sys
+
+from ceag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,235 @@
+"""The ``ceag`` command.
+
+    ceag data fetch adult            # once: download into $CEAG_DATA (default ~/.cache/ceag)
+    ceag data list
+    ceag run --dataset adult --method ceag --sparsity 0.9 --tolerance 0.01
+    ceag compare --dataset adult --methods nft,el,el_rb,ceag --sparsity 0.9 --seeds 0,1,2
+    ceag sweep --dataset adult --methods nft,ceag --sparsities 0.9,0.95,0.99 --seeds 0,1
+
+``run``, ``compare`` and ``sweep`` are one experiment (:mod:`ceag.experiment`) over a grid of
+methods × sparsities × seeds; results go to ``runs/<name>/`` and re-running the same
+command finishes (or re-reports) the same experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["main"]
+
+
+def _list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(cast(t.strip()) for t in text.split(",") if t.strip())
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"bad list {text!r}: {err}") from None
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """A sparsity given as 0.9 or 90%."""
+    text = text.strip()
+    value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    return value
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
+    from ceag.experiment import ExperimentConfig
+
+    d = ExperimentConfig.__dataclass_fields__
+    default = lambda name: d[name].default  # noqa: E731
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default="adult", help="adult, census-kdd, fashion-mnist or synthetic (default adult)")
+    g.add_argument("--groups", type=int, help="synthetic only: number of groups")
+    g.add_argument("--samples", type=int, help="synthetic only: number of training samples")
+    g.add_argument("--minority-effect", type=float, help="synthetic only: strength of the group-specific rules")
+    g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp or cnn")
+    g.add_argument("--hidden", type=_list(int), default=default("hidden"), help="MLP hidden widths, e.g. 512,512")
+    g.add_argument("--dense-epochs", type=int, default=default("dense_epochs"))
+    g.add_argument("--dense-lr", type=float, default=default("dense_lr"))
+    g.add_argument("--dense-optimizer", default=default("dense_optimizer"), help="adam or sgd")
+
+    g = p.add_argument_group("methods")
+    if grid == "run":
+        g.add_argument("--method", default="ceag", help="nft, el, el_rb, ceag or ceag_batch (default ceag)")
+        g.add_argument("--sparsity", type=_fraction, default=0.9, help="final sparsity, e.g. 0.9 or 90%% (default 0.9)")
+        g.add_argument("--seed", type=int, default=0)
+    else:
+        g.add_argument("--methods", type=_list(str), default=("nft", "el", "el_rb", "ceag") if grid == "compare" else ("nft", "ceag"))
+        if grid == "compare":
+            g.add_argument("--sparsity", type=_fraction, default=0.9)
+        else:
+            g.add_argument("--sparsities", type=_list(_fraction), default=(0.9, 0.95, 0.99))
+        g.add_argument("--seeds", type=_list(int), default=(0, 1, 2) if grid == "compare" else (0,))
+    g.add_argument("--tolerance", "--epsilon", dest="tolerance", type=float, default=default("tolerance"), help="ε (default 0.01)")
+    g.add_argument("--dual-lr", type=float, default=default("dual_lr"), help="multiplier step size η_λ")
+    g.add_argument("--buffer-size", type=int, default=default("buffer_size"), help="replay buffer length k")
+    g.add_argument("--min-count", type=int, default=default("min_count"), help="report ψ for groups with at least this many samples")
+
+    g = p.add_argument_group("schedule")
+    g.add_argument("--pruning-epochs", type=int, default=default("pruning_epochs"))
+    g.add_argument("--mitigation-epochs", type=int, default=default("mitigation_epochs"))
+    g.add_argument("--lr", type=float, default=default("lr"))
+    g.add_argument("--batch-size", type=int, default=default("batch_size"))
+    g.add_argument("--pruning-scope", default=default("pruning_scope"), help="layer or global")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--name", help="run folder name (default: from dataset, methods and sparsities)")
+    g.add_argument("--output", default=default("output_root"), help="root folder of runs (default runs)")
+    g.add_argument("--data-dir", help="data folder (default $CEAG_DATA or ~/.cache/ceag)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def _config(args: argparse.Namespace, grid: str):
+    from ceag.experiment import ExperimentConfig
+
+    options: dict[str, Any] = {}
+    for flag, key in (("groups", "num_groups"), ("samples", "num_train"), ("minority_effect", "minority_effect")):
+        value = getattr(args, flag)
+        if value is not None:
+            if args.dataset != "synthetic":
+                raise ValueError(f"--{flag.replace('_', '-')} applies to --dataset synthetic only")
+            options[key] = value
+    if grid == "run":
+        methods, sparsities, seeds = (args.method,), (args.sparsity,), (args.seed,)
+    elif grid == "compare":
+        methods, sparsities, seeds = args.methods, (args.sparsity,), args.seeds
+    else:
+        methods, sparsities, seeds = args.methods, args.sparsities, args.seeds
+    return ExperimentConfig(
+        dataset=args.dataset,
+        dataset_options=options,
+        arch=args.arch,
+        hidden=args.hidden,
+        dense_epochs=args.dense_epochs,
+        dense_lr=args.dense_lr,
+        dense_optimizer=args.dense_optimizer,
+        methods=methods,
+        sparsities=sparsities,
+        seeds=seeds,
+        tolerance=args.tolerance,
+        buffer_size=args.buffer_size,
+        dual_lr=args.dual_lr,
+        pruning_epochs=args.pruning_epochs,
+        mitigation_epochs=args.mitigation_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        pruning_scope=args.pruning_scope,
+        min_count=args.min_count,
+        name=args.name,
+        output_root=args.output,
+        data_root=args.data_dir,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def _experiment(args: argparse.Namespace, grid: str) -> int:
+    from ceag.experiment import run_experiment
+
+    cfg = _config(args, grid)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    result = run_experiment(cfg, log=log, plots=not args.no_plots)
+    print()
+    print(f"{cfg.dataset}, ε = {cfg.tolerance:g}, seeds {','.join(map(str, cfg.seeds))} "
+          f"(percent; mean ± std over seeds; bold max ψ = within ε):")  # fmt: skip
+    print(result.table())
+    if grid == "run":
+        _print_worst_groups(result)
+    print()
+    print(f"results: {result.output_dir / 'results.md'}  {result.output_dir / 'results.json'}")
+    for p in result.plots:
+        print(f"plot:    {p}")
+    return 0
+
+
+def _print_worst_groups(result, k: int = 5) -> None:
+    run = result.runs[0]
+    psi = run.psi["train"]
+    ranked = sorted((v, g) for g, v in enumerate(psi) if v == v)[::-1][:k]
+    if not ranked:
+        return
+    print(f"\nworst groups on train (ψ_g, {len(ranked)} of {sum(v == v for v in psi)}):")
+    for v, g in ranked:
+        print(f"  {result.group_names[g]:<40} ψ = {v * 100:+.1f}%  n = {run.count['train'][g]}")
+
+
+def _data(args: argparse.Namespace) -> int:
+    from ceag import data
+
+    if args.data_command == "list":
+        for name in data.DATASETS:
+            state = "built in" if name == "synthetic" else ("fetched" if data.is_fetched(name, args.data_dir) else "not fetched")
+            print(f"{name:<14} {state}")
+        print(f"data dir: {data.data_dir(args.data_dir)}")
+        return 0
+    names = data.DATASETS if args.name == "all" else (args.name,)
+    for name in names:
+        if name not in data.DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(data.DATASETS)} or all")
+        path = data.fetch(name, args.data_dir, force=args.force, progress=not args.no_progress)
+        if args.data_command == "info" or args.verbose:
+            print(json.dumps(data.load(name, args.data_dir).summary(), indent=1))
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ceag",
+        description="Prune a model without letting the pruning hurt some groups more than others.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for grid, text in (
+        ("run", "one method at one sparsity: dense model, GMP, fine-tuning, report"),
+        ("compare", "several methods from the same dense model, over seeds (table + plots)"),
+        ("sweep", "methods × sparsities: the disparity-vs-accuracy trade-off"),
+    ):
+        p = sub.add_parser(grid, help=text, description=text)
+        _add_experiment_args(p, grid=grid)
+        p.set_defaults(handler=lambda a, g=grid: _experiment(a, g))
+
+    d = sub.add_parser("data", help="fetch and list the bundled data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    for cmd, text in (("fetch", "download a data set (once) and verify it"), ("info", "fetch if needed and print a summary")):
+        f = dsub.add_parser(cmd, help=text)
+        f.add_argument("name", help="adult, census-kdd, fashion-mnist, synthetic or all")
+        f.add_argument("--force", action="store_true", help="download again even if present")
+        f.add_argument("--data-dir")
+        f.add_argument("--no-progress", action="store_true")
+        f.add_argument("-v", "--verbose", action="store_true", help="print the data set summary")
+    ls = dsub.add_parser("list", help="the data sets and whether they are fetched")
+    ls.add_argument("--data-dir")
+    d.set_defaults(handler=_data)
+    return parser
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from ceag.data import DataCorruptError, DataFetchError
+    from ceag.train import CheckpointError
+
+    return (DataCorruptError, DataFetchError, CheckpointError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, *_known_errors()) as err:
+        # Config and data errors: one clear line, no traceback (argparse's convention, exit 2).
+        parser.exit(2, f"ceag: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "ceag: interrupted (re-run the same command to resume)\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""Experiments: dense model → pruning → fine-tuning per method, repeated over seeds, reported.
+
+This is what the ``ceag`` command runs (``ceag run / compare / sweep``), usable from Python::
+
+    from ceag.experiment import ExperimentConfig, run_experiment
+    result = run_experiment(ExperimentConfig(dataset="adult", methods=("nft", "ceag"), seeds=(0, 1, 2)))
+    print(result.table())
+
+For every seed one dense model is trained (or loaded from a cache keyed by everything it
+depends on), and every (method, sparsity) starts from that same dense model with the same
+data order, GMP schedule and optimiser (:class:`ceag.train.Trainer`), so methods differ
+only in the fine-tuning objective.
+
+Files, under ``output_root/name/``::
+
+    config.json                       the resolved ExperimentConfig
+    <method>-s<sparsity>-seed<k>/     one Trainer run: history.json/.csv, last.ckpt, metrics.json
+    results.json, results.md          the table (mean ± std over seeds) and per-run summaries
+    plots/*.png                       per-group ψ bars, ψ over training, multipliers, trade-off
+    output_root/.dense-cache/*.ckpt   dense models, shared between experiments
+
+A finished run (its ``metrics.json`` exists) is not run again, and an interrupted one
+continues from its last checkpoint, so re-running the same command resumes the experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ceag import data as datasets
+from ceag.metrics import GroupStats, disparity, evaluate
+from ceag.models import ARCHITECTURES, build_model
+from ceag.train import METHOD_NAMES, TrainConfig, Trainer, _atomic_write, epoch_permutation, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "METHOD_LABELS",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "RunResult",
+    "dense_model",
+    "run_experiment",
+]
+
+METHOD_LABELS = {"nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_batch": "CEAG (no buffers)"}
+_DENSE_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: data, model, dense training, and the grid methods × sparsities × seeds.
+
+    The sparse phase (GMP over ``pruning_epochs``, then ``mitigation_epochs`` with the
+    constraints on) uses the paper's optimiser settings (:class:`ceag.train.TrainConfig`).
+    ψ is reported over groups with at least ``min_count`` samples in the split.
+    """
+
+    dataset: str = "adult"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    arch: str = "auto"
+    hidden: tuple[int, ...] = (512, 512)
+
+    dense_epochs: int = 8
+    dense_lr: float = 1e-3
+    dense_optimizer: str = "adam"
+
+    methods: tuple[str, ...] = ("nft", "ceag")
+    sparsities: tuple[float, ...] = (0.9,)
+    seeds: tuple[int, ...] = (0,)
+
+    tolerance: float = 0.01
+    buffer_size: int = 40
+    dual_lr: float = 1e-3
+    pruning_epochs: int = 15
+    mitigation_epochs: int = 10
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    eval_batch_size: int = 4096
+    pruning_scope: str = "layer"
+    min_count: int = 30
+
+    name: str | None = None
+    output_root: str = "runs"
+    data_root: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+    # Fields that do not change any result (a finished experiment may be re-read with others).
+    PRESENTATION = ("name", "output_root", "data_root", "device", "progress")
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.methods = tuple(self.methods)
+        self.sparsities = tuple(float(s) for s in self.sparsities)
+        self.seeds = tuple(self.seeds)
+        self.dataset_options = dict(self.dataset_options)
+        self.validate()
+
+    def validate(self) -> "ExperimentConfig":
+        """Raise ValueError / TypeError naming the first bad field."""
+        if self.dataset not in datasets.DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)}; got {self.dataset!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden!r}")
+        if self.dense_optimizer not in _DENSE_OPTIMIZERS:
+            raise ValueError(f"dense_optimizer must be one of {', '.join(_DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        for m in self.methods:
+            if m not in METHOD_NAMES:
+                raise ValueError(f"methods: unknown method {m!r}; choose from {', '.join(METHOD_NAMES)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods has duplicates: {self.methods}")
+        if not self.sparsities:
+            raise ValueError("sparsities must hold at least one sparsity")
+        for s in self.sparsities:
+            if not (math.isfinite(s) and 0.0 <= s < 1.0):
+                raise ValueError(f"sparsity must be in [0, 1), got {s}")
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be one or more integers >= 0, got {self.seeds!r}")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ValueError(f"tolerance (ε) must be >= 0, got {self.tolerance}")
+        if isinstance(self.dense_epochs, bool) or not isinstance(self.dense_epochs, int) or self.dense_epochs < 0:
+            raise ValueError(f"dense_epochs must be an integer >= 0, got {self.dense_epochs!r}")
+        if not (math.isfinite(self.dense_lr) and self.dense_lr > 0):
+            raise ValueError(f"dense_lr must be > 0, got {self.dense_lr}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
+            raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        # Every sparse-phase field is checked by TrainConfig itself.
+        self.train_config(self.methods[0], self.sparsities[0], self.seeds[0], num_groups=1)
+        return self
+
+    def train_config(self, method: str, sparsity: float, seed: int, *, num_groups: int, output_dir: str | None = None) -> TrainConfig:
+        """The :class:`TrainConfig` of one run of the grid."""
+        return TrainConfig(
+            num_groups=num_groups,
+            method=method,
+            tolerance=self.tolerance,
+            buffer_size=self.buffer_size if method != "ceag_batch" else None,
+            dual_lr=self.dual_lr,
+            dense_epochs=0,
+            final_sparsity=sparsity,
+            pruning_epochs=self.pruning_epochs,
+            pruning_scope=self.pruning_scope,
+            mitigation_epochs=self.mitigation_epochs,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+            seed=seed,
+            device=self.device,
+            min_count=self.min_count,
+            output_dir=output_dir,
+            progress=self.progress,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("hidden", "methods", "sparsities", "seeds"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"ExperimentConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+    def resolved_name(self) -> str:
+        if self.name is not None:
+            return self.name
+        methods = "-".join(self.methods)
+        sparsities = "-".join(f"{round(s * 100, 2):g}" for s in self.sparsities)
+        return f"{self.dataset}-{methods}-s{sparsities}"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output_root) / self.resolved_name()
+
+
+def run_dir_name(method: str, sparsity: float, seed: int) -> str:
+    return f"{method}-s{round(sparsity * 100, 2):g}-seed{seed}"
+
+
+# ---------------------------------------------------------------------------------------
+# Dense model
+# ---------------------------------------------------------------------------------------
+
+
+def _dense_key(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) -> str:
+    fields = {
+        "dataset": cfg.dataset,
+        "dataset_options": cfg.dataset_options,
+        "arch": cfg.arch,
+        "hidden": list(cfg.hidden),
+        "dense_epochs": cfg.dense_epochs,
+        "dense_lr": cfg.dense_lr,
+        "dense_optimizer": cfg.dense_optimizer,
+        "batch_size": cfg.batch_size,
+        "seed": seed,
+        "n": [len(data.train), len(data.test)],
+        "shape": list(data.input_shape),
+        "torch": torch.__version__.split("+")[0],
+        "version": 1,
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{cfg.dataset}-seed{seed}-{digest}"
+
+
+def dense_model(
+    cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int, *, log: Callable[[str], None] = print
+) -> nn.Module:
+    """The seed's trained dense model, from ``output_root/.dense-cache`` or trained now.
+
+    Training: ``dense_epochs`` of Adam (or SGD with momentum 0.9) at ``dense_lr`` on the
+    training split, batches of ``batch_size`` in the order :func:`ceag.train.epoch_permutation`
+    gives, so the same key always yields the same model.
+    """
+    cache = Path(cfg.output_root) / ".dense-cache" / f"{_dense_key(cfg, data, seed)}.ckpt"
+    torch.manual_seed(seed)
+    model = build_model(data.input_shape, data.num_classes, cfg.arch, cfg.hidden)
+    if cache.exists():
+        try:
+            model.load_state_dict(load_checkpoint(cache)["model"])
+            log(f"dense model (seed {seed}): cached {cache}")
+            return model
+        except Exception as err:  # a bad cache entry is rebuilt, never trusted
+            log(f"dense model (seed {seed}): ignoring unusable cache entry {cache} ({err})")
+    device = torch.device(cfg.device)
+    model.to(device).train()
+    params = list(model.parameters())
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=cfg.dense_lr)
+        if cfg.dense_optimizer == "adam"
+        else torch.optim.SGD(params, lr=cfg.dense_lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    )
+    x, y, _ = data.train.tensors
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    for epoch in tqdm(range(cfg.dense_epochs), desc=f"dense training (seed {seed})", disable=not cfg.progress, leave=False):
+        for idx in epoch_permutation(len(y), seed, epoch).split(cfg.batch_size):
+            loss = nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.cpu()
+    save_checkpoint({"model": model.state_dict(), "key": cache.stem}, cache)
+    log(f"dense model (seed {seed}): trained {cfg.dense_epochs} epochs in {time.perf_counter() - start:.1f} s")
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+#: Summary columns of a run, per split: (key in the report, header in the table, as percent).
+_COLUMNS = (
+    ("accuracy", "acc", True),
+    ("psi_pw", "Ψ_PW", True),
+    ("max_psi", "max ψ", True),
+    ("frac_within_tolerance", "within ε", True),
+)
+
+
+@dataclass
+class RunResult:
+    """One (method, sparsity, seed) run: final summaries and per-group ψ on train and test."""
+
+    method: str
+    sparsity: float
+    seed: int
+    summary: dict[str, dict[str, float]]  # split -> DisparityReport.summary() + "accuracy"
+    psi: dict[str, list[float]]  # split -> [G] ψ_g (NaN: excluded)
+    count: dict[str, list[int]]  # split -> [G] samples
+    history: list[dict[str, Any]]
+    seconds_per_step: float  # mean wall time of a mitigation-phase training step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+        return cls(**d)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    runs: list[RunResult]
+    group_names: tuple[str, ...]
+    output_dir: Path
+    plots: list[Path] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (sparsity, method): mean and std over seeds of every summary column."""
+        out = []
+        for sparsity in self.config.sparsities:
+            for method in self.config.methods:
+                runs = [r for r in self.runs if r.method == method and r.sparsity == sparsity]
+                if not runs:
+                    continue
+                row: dict[str, Any] = {"method": method, "sparsity": sparsity, "seeds": len(runs)}
+                for split in ("train", "test"):
+                    for key, _, _ in _COLUMNS:
+                        mean, std = _mean_std([r.summary[split][key] for r in runs])
+                        row[f"{split}_{key}"], row[f"{split}_{key}_std"] = mean, std
+                row["seconds_per_step"] = statistics.fmean(r.seconds_per_step for r in runs)
+                out.append(row)
+        return out
+
+    def table(self) -> str:
+        """The comparison as a markdown table (percent, mean ± std over seeds)."""
+        eps = self.config.tolerance
+        heads = ["sparsity", "method"]
+        for split in ("train", "test"):
+            heads += [f"{split} {h}" for _, h, _ in _COLUMNS]
+        heads.append("ms/step")
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for row in self.rows():
+            cells = [f"{row['sparsity'] * 100:g}%", METHOD_LABELS.get(row["method"], row["method"])]
+            for split in ("train", "test"):
+                for key, _, _ in _COLUMNS:
+                    mean, std = row[f"{split}_{key}"], row[f"{split}_{key}_std"]
+                    cell = "n/a" if math.isnan(mean) else f"{mean * 100:.1f}"
+                    if row["seeds"] > 1 and not math.isnan(std):
+                        cell += f" ± {std * 100:.1f}"
+                    if key == "max_psi" and not math.isnan(mean) and mean <= eps:
+                        cell = f"**{cell}**"  # within ε
+                    cells.append(cell)
+            cells.append(f"{row['seconds_per_step'] * 1e3:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "group_names": list(self.group_names),
+            "rows": self.rows(),
+            "runs": [r.to_dict() for r in self.runs],
+            "plots": [str(p) for p in self.plots],
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
+
+
+def _final_report(trainer: Trainer, data: datasets.GroupedDataset, cfg: ExperimentConfig) -> tuple[dict, dict, dict]:
+    summary, psi, count = {}, {}, {}
+    for split, ds, ref in (("train", data.train, trainer.dense_stats), ("test", data.test, trainer.dense_test_stats)):
+        assert ref is not None
+        stats: GroupStats = trainer._evaluate(ds)
+        rep = disparity(ref, stats, cfg.tolerance, min_count=cfg.min_count)
+        summary[split] = {**rep.summary(), "accuracy": stats.overall_accuracy}
+        psi[split] = rep.psi.tolist()
+        count[split] = stats.count.tolist()
+    return summary, psi, count
+
+
+def _check_config_file(cfg: ExperimentConfig, out: Path) -> None:
+    """Refuse to mix results of different configs in one folder; write config.json."""
+    path = out / "config.json"
+    now = {k: v for k, v in cfg.to_dict().items() if k not in cfg.PRESENTATION}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        saved = {k: v for k, v in saved.items() if k not in cfg.PRESENTATION}
+        # The grid may grow (more seeds/methods/sparsities); everything else must agree.
+        grid = ("methods", "sparsities", "seeds")
+        diff = sorted(k for k in now if k not in grid and now[k] != saved.get(k))
+        if diff:
+            raise ValueError(
+                f"{out} holds an experiment with a different config ({', '.join(diff)} differ); "
+                "choose another --name or delete the folder"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(cfg.to_dict(), indent=1).encode())
+
+
+def run_one(
+    cfg: ExperimentConfig,
+    data: datasets.GroupedDataset,
+    dense: nn.Module,
+    method: str,
+    sparsity: float,
+    seed: int,
+    *,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Fine-tune a copy of ``dense`` with ``method`` to ``sparsity`` (resumes; cached)."""
+    import copy
+
+    out = cfg.output_dir / run_dir_name(method, sparsity, seed)
+    metrics = out / "metrics.json"
+    if metrics.exists():
+        return RunResult.from_dict(json.loads(metrics.read_text()))
+    tcfg = cfg.train_config(method, sparsity, seed, num_groups=data.num_groups, output_dir=str(out))
+    trainer = Trainer(tcfg, copy.deepcopy(dense), data.train, data.test)
+    trainer.fit(resume=True)
+    summary, psi, count = _final_report(trainer, data, cfg)
+    timing = trainer.timings.get("mitigation") or trainer.timings.get("pruning") or {"seconds": math.nan, "steps": 1}
+    result = RunResult(
+        method=method,
+        sparsity=sparsity,
+        seed=seed,
+        summary=summary,
+        psi=psi,
+        count=count,
+        history=trainer.history,
+        seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
+    )
+    _atomic_write(metrics, json.dumps(result.to_dict(), allow_nan=True).encode())
+    return result
+
+
+def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
+    """The experiment's data set, fetching it first if needed (real data sets only)."""
+    if cfg.dataset != "synthetic" and not datasets.is_fetched(cfg.dataset, cfg.data_root):
+        datasets.fetch(cfg.dataset, cfg.data_root, progress=cfg.progress)
+    return datasets.load(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+
+
+def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, plots: bool = True) -> ExperimentResult:
+    """Run (or finish) every run of the grid, then write results.json/.md and plots."""
+    cfg.validate()
+    data = load_data(cfg)
+    out = cfg.output_dir
+    _check_config_file(cfg, out)
+    grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
+    log(
+        f"{cfg.dataset}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
+        f"{len(grid)} runs -> {out}"
+    )
+    runs: list[RunResult] = []
+    for seed in cfg.seeds:
+        dense = None
+        for sparsity in cfg.sparsities:
+            for method in cfg.methods:
+                done = (out / run_dir_name(method, sparsity, seed) / "metrics.json").exists()
+                if dense is None and not done:
+                    dense = dense_model(cfg, data, seed, log=log)
+                start = time.perf_counter()
+                r = run_one(cfg, data, dense, method, sparsity, seed, log=log)  # type: ignore[arg-type]
+                runs.append(r)
+                tr, te = r.summary["train"], r.summary["test"]
+                log(
+                    f"[{len(runs)}/{len(grid)}] {METHOD_LABELS[method]:<5} sparsity {sparsity:.0%} seed {seed}: "
+                    f"train acc {tr['accuracy']:.1%} max ψ {tr['max_psi']:.1%} | "
+                    f"test acc {te['accuracy']:.1%} max ψ {te['max_psi']:.1%}"
+                    + (" (cached)" if done else f" ({time.perf_counter() - start:.0f} s)")
+                )
+    result = ExperimentResult(cfg, runs, tuple(data.group_names), out)
+    if plots:
+        result.plots = write_plots(result)
+    _atomic_write(out / "results.json", json.dumps(result.to_dict(), indent=1, allow_nan=True).encode())
+    _atomic_write(out / "results.md", (_markdown(result) + "\n").encode())
+    return result
+
+
+def _markdown(result: ExperimentResult) -> str:
+    cfg = result.config
+    lines = [
+        f"# {result.output_dir.name}",
+        "",
+        f"{cfg.dataset}, ε = {cfg.tolerance:g}, seeds {', '.join(map(str, cfg.seeds))}; "
+        f"ψ over groups with ≥ {cfg.min_count} samples; percent, mean ± std over seeds; "
+        "**bold** max ψ: within ε.",
+        "",
+        result.table(),
+    ]
+    if result.plots:
+        lines += ["", *[f"![{p.stem}](plots/{p.name})" for p in result.plots]]
+    return "\n".join(lines)
+
+
+def write_plots(result: ExperimentResult) -> list[Path]:
+    """The paper's figures for this experiment, under ``output_dir/plots``."""
+    from ceag import plots
+
+    cfg = result.config
+    eps = cfg.tolerance
+    folder = result.output_dir / "plots"
+    written: list[Path] = []
+    label = lambda m: METHOD_LABELS.get(m, m)  # noqa: E731
+    for sparsity in cfg.sparsities:
+        runs = [r for r in result.runs if r.sparsity == sparsity]
+        tag = f"s{round(sparsity * 100, 2):g}"
+        for split in ("train", "test"):
+            psi = {}
+            for m in cfg.methods:
+                per_seed = torch.tensor([r.psi[split] for r in runs if r.method == m], dtype=torch.float64)
+                if len(per_seed):
+                    psi[label(m)] = per_seed.nanmean(0)  # mean over seeds (NaN: excluded everywhere)
+            counts = next(r.count[split] for r in runs)
+            written.append(
+                plots.group_gap_bars(psi, eps, folder / f"group_psi-{split}-{tag}.png",
+                                     group_names=result.group_names, counts=counts, split=split)
+            )  # fmt: skip
+            histories = {label(m): [r.history for r in runs if r.method == m] for m in cfg.methods}
+            written.append(plots.disparity_over_training(histories, eps, folder / f"psi_over_training-{split}-{tag}.png", split=split))
+        for m in cfg.methods:
+            first = next((r for r in runs if r.method == m), None)
+            if first is None or m == "nft":
+                continue
+            rows = [h for h in first.history if "multipliers" in h]
+            if rows:
+                written.append(
+                    plots.multiplier_trajectories(
+                        [h["multipliers"] for h in rows], folder / f"multipliers-{m}-{tag}.png",
+                        epochs=[h["epoch"] for h in rows], group_names=result.group_names,
+                        title=f"{label(m)} multipliers, sparsity {sparsity:.0%}, seed {first.seed}",
+                    )
+                )  # fmt: skip
+    if len(cfg.sparsities) > 1:
+        for split in ("train", "test"):
+            points = [
+                {
+                    "method": label(row["method"]),
+                    "sparsity": row["sparsity"],
+                    "accuracy": row[f"{split}_accuracy"],
+                    "accuracy_std": row[f"{split}_accuracy_std"],
+                    "max_psi": row[f"{split}_max_psi"],
+                    "max_psi_std": row[f"{split}_max_psi_std"],
+                    "psi_pw": row[f"{split}_psi_pw"],
+                    "psi_pw_std": row[f"{split}_psi_pw_std"],
+                }
+                for row in result.rows()
+            ]
+            written.append(plots.tradeoff(points, eps, folder / f"tradeoff-{split}.png", split=split))
+    return written
