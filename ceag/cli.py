@@ -171,10 +171,11 @@ def _data(args: argparse.Namespace) -> int:
             print(f"{name:<14} {state}")
         print(f"data dir: {data.data_dir(args.data_dir)}")
         return 0
-    names = data.DATASETS if args.name == "all" else (args.name,)
+    names = data.DATASETS if "all" in args.names else tuple(dict.fromkeys(args.names))
+    unknown = [n for n in names if n not in data.DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset {unknown[0]!r}; choose from {', '.join(data.DATASETS)} or all")
     for name in names:
-        if name not in data.DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(data.DATASETS)} or all")
         path = data.fetch(name, args.data_dir, force=args.force, progress=not args.no_progress)
         if args.data_command == "info" or args.verbose:
             print(json.dumps(data.load(name, args.data_dir).summary(), indent=1))
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     for cmd, text in (("fetch", "download a data set (once) and verify it"), ("info", "fetch if needed and print a summary")):
         f = dsub.add_parser(cmd, help=text)
-        f.add_argument("name", help="adult, census-kdd, fashion-mnist, synthetic or all")
+        f.add_argument("names", nargs="+", metavar="NAME", help="adult, census-kdd, fashion-mnist, synthetic or all")
         f.add_argument("--force", action="store_true", help="download again even if present")
         f.add_argument("--data-dir")
         f.add_argument("--no-progress", action="store_true")

