@@ -69,6 +69,9 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
         g.add_argument("--seeds", type=_list(int), default=(0, 1, 2) if grid == "compare" else (0,))
     g.add_argument("--tolerance", "--epsilon", dest="tolerance", type=float, default=default("tolerance"), help="ε (default 0.01)")
     g.add_argument("--dual-lr", type=float, default=default("dual_lr"), help="multiplier step size η_λ")
+    g.add_argument(
+        "--max-multiplier-sum", type=float, default=None, help="cap Σ_g λ_g after each dual step (default: no cap)"
+    )
     g.add_argument("--buffer-size", type=int, default=default("buffer_size"), help="replay buffer length k")
     g.add_argument("--min-count", type=int, default=default("min_count"), help="report ψ for groups with at least this many samples")
 
@@ -118,6 +121,7 @@ def _config(args: argparse.Namespace, grid: str):
         tolerance=args.tolerance,
         buffer_size=args.buffer_size,
         dual_lr=args.dual_lr,
+        max_multiplier_sum=args.max_multiplier_sum,
         pruning_epochs=args.pruning_epochs,
         mitigation_epochs=args.mitigation_epochs,
         lr=args.lr,

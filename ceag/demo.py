@@ -1,9 +1,9 @@
 """A short tour of ceag's fused ops against eager PyTorch: same answers, less time.
 
-    python -m ceag.demo [--device cpu|cuda]
+    python -m ceag.demo [--device cpu|cuda]        # or: make tour
 
-Until the trainer lands this is the README's main command. It checks each op against the
-plain-PyTorch reference, then times forward+backward of both.
+It checks each op against the plain-PyTorch reference, then times forward+backward of both.
+(The main job, fine-tuning on real data, is ``ceag compare``: ``make demo``.)
 """
 
 from __future__ import annotations

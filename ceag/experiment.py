@@ -86,6 +86,7 @@ class ExperimentConfig:
     tolerance: float = 0.01
     buffer_size: int = 40
     dual_lr: float = 1e-2
+    max_multiplier_sum: float | None = None
     pruning_epochs: int = 10
     mitigation_epochs: int = 20
     lr: float = 1e-2
@@ -143,6 +144,8 @@ class ExperimentConfig:
             raise ValueError(f"dense_epochs must be an integer >= 0, got {self.dense_epochs!r}")
         if not (math.isfinite(self.dense_lr) and self.dense_lr > 0):
             raise ValueError(f"dense_lr must be > 0, got {self.dense_lr}")
+        if self.max_multiplier_sum is not None and not (math.isfinite(self.max_multiplier_sum) and self.max_multiplier_sum > 0):
+            raise ValueError(f"max_multiplier_sum must be > 0 (or None), got {self.max_multiplier_sum}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
         # Every sparse-phase field is checked by TrainConfig itself.
@@ -172,6 +175,9 @@ class ExperimentConfig:
             min_count=self.min_count,
             output_dir=output_dir,
             progress=self.progress,
+            method_options={"max_multiplier_sum": self.max_multiplier_sum}
+            if self.max_multiplier_sum is not None and method != "nft"
+            else {},
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -58,7 +58,9 @@ def test_sweep_defaults():
         (["sweep", "--seeds", "-3"], "seeds"),
         (["run", "--groups", "10"], "--groups applies to --dataset synthetic only"),
         (["run", "--buffer-size", "0"], "buffer_size"),
+        (["run", "--max-multiplier-sum", "-1"], "max_multiplier_sum must be > 0"),
         (["data", "fetch", "imagenet"], "unknown dataset 'imagenet'"),
+        (["data", "fetch", "adult", "mnist"], "unknown dataset 'mnist'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(argv, message, capsys, tmp_path):

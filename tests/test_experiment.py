@@ -170,6 +170,8 @@ def test_folder_of_another_config_is_refused(tmp_path):
         ({"name": "a/b"}, "name"),
         ({"buffer_size": 0}, "buffer_size"),
         ({"dual_lr": -1.0}, "dual_lr"),
+        ({"max_multiplier_sum": 0.0}, "max_multiplier_sum"),
+        ({"max_multiplier_sum": float("nan")}, "max_multiplier_sum"),
         ({"batch_size": 0}, "batch_size"),
         ({"min_count": 0}, "min_count"),
         ({"pruning_scope": "row"}, "pruning_scope"),
@@ -178,6 +180,13 @@ def test_folder_of_another_config_is_refused(tmp_path):
 def test_config_validation_names_the_field(tmp_path, kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _cfg(tmp_path, **kw)
+
+
+def test_max_multiplier_sum_reaches_constrained_methods_only(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft", "ceag"), max_multiplier_sum=0.5)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()["max_multiplier_sum"] == 0.5
+    assert "max_multiplier_sum" not in cfg.train_config("nft", 0.9, 0, num_groups=3).method_kwargs()
+    assert "max_multiplier_sum" not in _cfg(tmp_path).train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()
 
 
 def test_config_round_trips(tmp_path):
