@@ -68,7 +68,7 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
             g.add_argument("--sparsities", type=_list(_fraction), default=(0.9, 0.95, 0.99))
         g.add_argument("--seeds", type=_list(int), default=(0, 1, 2) if grid == "compare" else (0,))
     g.add_argument("--tolerance", "--epsilon", dest="tolerance", type=float, default=default("tolerance"), help="ε (default 0.01)")
-    g.add_argument("--dual-lr", type=float, default=default("dual_lr"), help="multiplier step size η_λ")
+    g.add_argument("--dual-lr", type=float, default=None, help="multiplier step size η_λ (default 0.4 / number of groups)")
     g.add_argument(
         "--max-multiplier-sum", type=float, default=None, help="cap Σ_g λ_g after each dual step (default: no cap)"
     )
@@ -143,8 +143,7 @@ def _experiment(args: argparse.Namespace, grid: str) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = run_experiment(cfg, log=log, plots=not args.no_plots)
     print()
-    print(f"{cfg.dataset}, ε = {cfg.tolerance:g}, seeds {','.join(map(str, cfg.seeds))} "
-          f"(percent; mean ± std over seeds; bold max ψ = within ε):")  # fmt: skip
+    print(cfg.header(len(result.group_names)))
     print(result.table())
     if grid == "run":
         _print_worst_groups(result)

@@ -189,6 +189,14 @@ def test_max_multiplier_sum_reaches_constrained_methods_only(tmp_path):
     assert "max_multiplier_sum" not in _cfg(tmp_path).train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()
 
 
+def test_dual_lr_defaults_to_scale_over_groups(tmp_path):
+    cfg = _cfg(tmp_path, dual_lr=None)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=40).dual_lr == pytest.approx(0.01)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=400).dual_lr == pytest.approx(0.001)
+    assert "η_λ = 0.001" in cfg.header(400)
+    assert _cfg(tmp_path, dual_lr=0.05).train_config("ceag", 0.9, 0, num_groups=400).dual_lr == 0.05
+
+
 def test_config_round_trips(tmp_path):
     cfg = _cfg(tmp_path)
     assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
