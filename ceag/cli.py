@@ -72,6 +72,9 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     g.add_argument(
         "--max-multiplier-sum", type=float, default=None, help="cap Σ_g λ_g after each dual step (default: no cap)"
     )
+    g.add_argument(
+        "--constrain-min-count", type=int, default=0, help="leave groups with fewer training samples unconstrained (default 0: none)"
+    )
     g.add_argument("--buffer-size", type=int, default=default("buffer_size"), help="replay buffer length k")
     g.add_argument("--min-count", type=int, default=default("min_count"), help="report ψ for groups with at least this many samples")
 
@@ -122,6 +125,7 @@ def _config(args: argparse.Namespace, grid: str):
         buffer_size=args.buffer_size,
         dual_lr=args.dual_lr,
         max_multiplier_sum=args.max_multiplier_sum,
+        constrain_min_count=args.constrain_min_count,
         pruning_epochs=args.pruning_epochs,
         mitigation_epochs=args.mitigation_epochs,
         lr=args.lr,

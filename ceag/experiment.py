@@ -91,6 +91,7 @@ class ExperimentConfig:
     buffer_size: int = 40
     dual_lr: float | None = None  # None: DUAL_LR_PER_GROUPS / G
     max_multiplier_sum: float | None = None
+    constrain_min_count: int = 0
     pruning_epochs: int = 10
     mitigation_epochs: int = 20
     lr: float = 1e-2
@@ -178,6 +179,7 @@ class ExperimentConfig:
             tolerance=self.tolerance,
             buffer_size=self.buffer_size if method != "ceag_batch" else None,
             dual_lr=self.resolved_dual_lr(num_groups),
+            constrain_min_count=self.constrain_min_count,
             dense_epochs=0,
             final_sparsity=sparsity,
             pruning_epochs=self.pruning_epochs,

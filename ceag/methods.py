@@ -346,6 +346,9 @@ class ConstrainedMethod(Method):
         active: whether constraints act from the start (toggle :attr:`active` when the GMP
             schedule ends; while inactive the step is NFT's, buffers still fill).
         max_multiplier_sum: if given, λ is rescaled after each dual step so Σ_g λ_g ≤ it.
+        constrained: bool [G], the groups whose constraint is enforced (None: all); the
+            others keep λ_g = 0. Use it to leave out groups too small to estimate (a group of
+            10 samples moves ψ_g by 10 points per sample, and its multiplier grows unchecked).
         multiplier_sum_warning: warn when Σ_g |λ_g| reaches this (None: never).
         process_group: with torch.distributed initialised, the statistics behind the dual
             step (buffer sums and fills, or batch loss sums / counts) are all-reduced over
@@ -367,6 +370,7 @@ class ConstrainedMethod(Method):
         buffer_size: int | None = None,
         active: bool = True,
         max_multiplier_sum: float | None = None,
+        constrained: Tensor | None = None,
         multiplier_sum_warning: float | None = 0.8,
         distributed: bool = True,
         process_group: Any = None,
@@ -391,6 +395,12 @@ class ConstrainedMethod(Method):
             if not max_multiplier_sum > 0:
                 raise ValueError(f"max_multiplier_sum must be > 0, got {max_multiplier_sum}")
         self.max_multiplier_sum = max_multiplier_sum
+        if constrained is not None:
+            if not isinstance(constrained, Tensor) or constrained.dtype != torch.bool or constrained.shape != (num_groups,):
+                got = f"{tuple(constrained.shape)} {constrained.dtype}" if isinstance(constrained, Tensor) else type(constrained).__name__
+                raise ValueError(f"constrained must be a bool tensor of shape ({num_groups},), got {got}")
+            constrained = constrained.to(self.device)
+        self.constrained = constrained
         if multiplier_sum_warning is not None:
             multiplier_sum_warning = _check_nonneg("multiplier_sum_warning", multiplier_sum_warning)
         self.multiplier_sum_warning = multiplier_sum_warning
@@ -533,6 +543,8 @@ class ConstrainedMethod(Method):
             violation, observed = self._buffer_violation(est), est.available
         else:
             violation, observed = self._batch_violation(out)
+        if self.constrained is not None:
+            observed = observed & self.constrained
         violation = torch.where(observed, violation, torch.nan)
         weight = self.multiplier.weight
         if _is_stateless_sgd(self.dual_optimizer):

@@ -91,7 +91,8 @@ class TrainConfig:
 
     Method: ``method`` in nft / el / el_rb / ceag / ceag_batch with ``tolerance`` (ε),
     ``buffer_size`` (k), ``dual_lr``, ``dual_optimizer`` and any further keyword arguments of
-    the method in ``method_options``.
+    the method in ``method_options``; ``constrain_min_count`` > 0 leaves groups with fewer
+    training samples unconstrained (their λ_g stays 0).
 
     Reporting: ψ over groups with at least ``min_count`` samples; files in ``output_dir``
     (None: nothing written, no checkpoints).
@@ -105,6 +106,7 @@ class TrainConfig:
     dual_optimizer: str = "sgd"
     method_options: dict[str, Any] = field(default_factory=dict)
     constraints_during_pruning: bool = False
+    constrain_min_count: int = 0
 
     dense_epochs: int = 0
     dense_lr: float = 1e-2
@@ -199,6 +201,7 @@ class TrainConfig:
         integer("num_workers", 0)
         integer("seed", 0)
         integer("min_count", 1)
+        integer("constrain_min_count", 0)
         integer("checkpoint_every_steps", 0)
         try:
             torch.device(self.device)
@@ -472,13 +475,10 @@ class Trainer:
 
     def _build_method(self) -> Method:
         assert self.dense_stats is not None
-        return build_method(
-            self.config.method,
-            self.config.num_groups,
-            dense=self.dense_stats,
-            device=self.device,
-            **self.config.method_kwargs(),
-        )
+        kwargs = self.config.method_kwargs()
+        if self.config.method != "nft" and self.config.constrain_min_count > 0:
+            kwargs["constrained"] = self.dense_stats.count >= self.config.constrain_min_count
+        return build_method(self.config.method, self.config.num_groups, dense=self.dense_stats, device=self.device, **kwargs)
 
     def _compute_dense_stats(self) -> None:
         if self.dense_stats is None:

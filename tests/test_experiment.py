@@ -171,6 +171,7 @@ def test_folder_of_another_config_is_refused(tmp_path):
         ({"buffer_size": 0}, "buffer_size"),
         ({"dual_lr": -1.0}, "dual_lr"),
         ({"max_multiplier_sum": 0.0}, "max_multiplier_sum"),
+        ({"constrain_min_count": -1}, "constrain_min_count"),
         ({"max_multiplier_sum": float("nan")}, "max_multiplier_sum"),
         ({"batch_size": 0}, "batch_size"),
         ({"min_count": 0}, "min_count"),
@@ -187,6 +188,7 @@ def test_max_multiplier_sum_reaches_constrained_methods_only(tmp_path):
     assert cfg.train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()["max_multiplier_sum"] == 0.5
     assert "max_multiplier_sum" not in cfg.train_config("nft", 0.9, 0, num_groups=3).method_kwargs()
     assert "max_multiplier_sum" not in _cfg(tmp_path).train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()
+    assert _cfg(tmp_path, constrain_min_count=30).train_config("ceag", 0.9, 0, num_groups=3).constrain_min_count == 30
 
 
 def test_dual_lr_defaults_to_scale_over_groups(tmp_path):

@@ -153,6 +153,24 @@ def test_max_multiplier_sum_and_warning():
         method.step(logits, target, group)
 
 
+@pytest.mark.parametrize("make", [lambda **k: CEAG(G, _dense(), **k), lambda **k: ELRB(G, _dense().shares, **k)])
+@pytest.mark.parametrize("buffer_size", [None, 3])
+def test_unconstrained_groups_keep_zero_multipliers(make, buffer_size):
+    # Groups 1 and 2 are observed and (with this dual_lr) violate; only the constrained ones move.
+    constrained = torch.tensor([True, False, False, True, True, True])
+    method = make(buffer_size=buffer_size, dual_lr=5.0, tolerance=0.0, constrained=constrained, multiplier_sum_warning=None)
+    free = make(buffer_size=buffer_size, dual_lr=5.0, tolerance=0.0, multiplier_sum_warning=None)
+    for seed in range(4):
+        batch = _batch(seed=seed, dtype=torch.float32)
+        out = method.step(*batch)
+        ref = free.step(*batch)
+        assert out.violation[~constrained].isnan().all()
+        torch.testing.assert_close(out.violation[constrained], ref.violation[constrained], equal_nan=True)
+    assert (method.multipliers[~constrained] == 0).all()
+    assert (free.multipliers[~constrained] > 0).any()
+    torch.testing.assert_close(method.multipliers[constrained], free.multipliers[constrained])
+
+
 # -- replay buffers -----------------------------------------------------------------------------
 
 
@@ -317,6 +335,9 @@ def test_load_state_dict_rejects_another_method():
         ({"dual_lr": -1e-3}, "dual_lr"),
         ({"dual_optimizer": "adam"}, "dual_optimizer"),
         ({"max_multiplier_sum": 0.0}, "max_multiplier_sum"),
+        ({"constrained": torch.ones(G + 1, dtype=torch.bool)}, "constrained"),
+        ({"constrained": torch.ones(G)}, "constrained"),
+        ({"constrained": [True] * G}, "constrained"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):

@@ -303,6 +303,18 @@ def test_nft_vs_ceag_through_trainer():
     assert nft["multiplier_sum"] == 0 and ceag["multiplier_sum"] > 0
 
 
+def test_constrain_min_count_leaves_small_groups_unconstrained(small):
+    train, _ = small
+    counts = torch.bincount(train.tensors[2], minlength=G)
+    threshold = int(counts.max())  # only the largest group stays constrained
+    t = Trainer(_config(None, constrain_min_count=threshold, eval_test=False), _model(train.tensors[0].shape[1]), train)
+    t.fit()
+    constrained = counts >= threshold
+    assert t.method.constrained.tolist() == constrained.tolist()
+    assert (t.method.multipliers[~constrained] == 0).all()
+    assert t.history[-1]["multipliers"][int(counts.argmin())] == 0
+
+
 # ---------------------------------------------------------------------------------------
 # Config validation
 # ---------------------------------------------------------------------------------------
@@ -328,6 +340,7 @@ def test_nft_vs_ceag_through_trainer():
         ("buffer_size", 0),
         ("num_groups", 0),
         ("min_count", 0),
+        ("constrain_min_count", -1),
         ("pruning_scope", "row"),
         ("device", "not-a-device"),
     ],
