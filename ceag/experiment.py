@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
-from ceag.metrics import GroupStats, disparity, evaluate
+from ceag.metrics import GroupStats, disparity
 from ceag.models import ARCHITECTURES, build_model
 from ceag.train import METHOD_NAMES, TrainConfig, Trainer, _atomic_write, epoch_permutation, load_checkpoint, save_checkpoint
 
