@@ -14,6 +14,7 @@ command finishes (or re-reports) the same experiment.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from typing import Any, Callable, Sequence
@@ -92,6 +93,17 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
+    g = p.add_argument_group("faults")
+    g.add_argument(
+        "--checkpoint-every-steps", type=int, default=0,
+        help="also checkpoint every N training steps within an epoch (default 0: at epoch ends only)",
+    )  # fmt: skip
+    g.add_argument(
+        "--on-nonfinite", choices=("stop", "skip"), default="stop",
+        help="a NaN/Inf loss, multiplier or gradient: stop (default; the state before the step is "
+        "checkpointed) or skip the step (counted in the history)",
+    )  # fmt: skip
+
 
 def _config(args: argparse.Namespace, grid: str):
     from ceag.experiment import ExperimentConfig
@@ -136,6 +148,8 @@ def _config(args: argparse.Namespace, grid: str):
         data_root=args.data_dir,
         device=args.device,
         progress=not args.no_progress,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        on_nonfinite=args.on_nonfinite,
     )
 
 
@@ -221,9 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _known_errors() -> tuple[type[Exception], ...]:
     from ceag.data import DataCorruptError, DataFetchError
-    from ceag.train import CheckpointError
+    from ceag.train import CheckpointError, NonFiniteError, OutputError
 
-    return (DataCorruptError, DataFetchError, CheckpointError)
+    return (DataCorruptError, DataFetchError, CheckpointError, NonFiniteError, OutputError)
+
+
+#: Write failures reported in one line (disk full, quota, read-only, no permission).
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def _fail(parser: argparse.ArgumentParser, err: Exception) -> None:
+    hint = ""
+    if getattr(err, "errno", None) in _OUTPUT_ERRNOS:
+        hint = " (free some space, fix the permissions or choose another --output; then re-run the same command to resume)"
+    parser.exit(2, f"ceag: error: {err}{hint}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,8 +257,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, *_known_errors()) as err:
-        # Config and data errors: one clear line, no traceback (argparse's convention, exit 2).
-        parser.exit(2, f"ceag: error: {err}\n")
+        # Config, data, checkpoint, non-finite and output errors: one clear line, no traceback
+        # (argparse's convention, exit 2).
+        _fail(parser, err)
+    except OSError as err:
+        if err.errno not in _OUTPUT_ERRNOS:
+            raise
+        _fail(parser, err)
     except KeyboardInterrupt:
         parser.exit(130, "ceag: interrupted (re-run the same command to resume)\n")
 

@@ -20,7 +20,8 @@ Files, under ``output_root/name/``::
     output_root/.dense-cache/*.ckpt   dense models, shared between experiments
 
 A finished run (its ``metrics.json`` exists) is not run again, and an interrupted one
-continues from its last checkpoint, so re-running the same command resumes the experiment.
+continues from its last checkpoint, so re-running the same command resumes the experiment
+(every file is written atomically, so a kill at any point leaves a resumable folder).
 """
 
 from __future__ import annotations
@@ -41,7 +42,20 @@ from torch import nn
 from ceag import data as datasets
 from ceag.metrics import GroupStats, disparity
 from ceag.models import ARCHITECTURES, build_model
-from ceag.train import METHOD_NAMES, TrainConfig, Trainer, _atomic_write, epoch_permutation, load_checkpoint, save_checkpoint
+from ceag.train import (
+    METHOD_NAMES,
+    NonFiniteError,
+    TrainConfig,
+    Trainer,
+    _atomic_write,
+    _listing,
+    _nonfinite,
+    _remove_temp_files,
+    check_output_dir,
+    epoch_permutation,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "METHOD_LABELS",
@@ -71,6 +85,11 @@ class ExperimentConfig:
     η_λ = 0.4 / G unless ``dual_lr`` is given. Scaling η_λ by 1/G keeps the growth rate of
     Σ_g λ_g (which takes weight away from the average loss) about the same at any G:
     1e-2 at adult's 40 groups, 1e-3 at census-kdd's 400, where 1e-2 collapses the model.
+
+    Faults: ``checkpoint_every_steps`` > 0 checkpoints runs within epochs too (a killed run
+    loses at most that many steps); ``on_nonfinite`` ("stop" or "skip") is what a NaN / Inf
+    loss, multiplier or gradient does, in dense training and in runs
+    (:class:`ceag.train.TrainConfig`).
     """
 
     dataset: str = "adult"
@@ -106,9 +125,12 @@ class ExperimentConfig:
     data_root: str | None = None
     device: str = "cpu"
     progress: bool = True
+    checkpoint_every_steps: int = 0
+    on_nonfinite: str = "stop"
 
-    # Fields that do not change any result (a finished experiment may be re-read with others).
-    PRESENTATION = ("name", "output_root", "data_root", "device", "progress")
+    # Fields that do not change any result (a finished experiment may be re-read with others);
+    # on_nonfinite may differ where "stop" left no result (a stopped run may resume with "skip").
+    PRESENTATION = ("name", "output_root", "data_root", "device", "progress", "checkpoint_every_steps", "on_nonfinite")
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -194,6 +216,8 @@ class ExperimentConfig:
             min_count=self.min_count,
             output_dir=output_dir,
             progress=self.progress,
+            checkpoint_every_steps=self.checkpoint_every_steps,
+            on_nonfinite=self.on_nonfinite,
             method_options={"max_multiplier_sum": self.max_multiplier_sum}
             if self.max_multiplier_sum is not None and method != "nft"
             else {},
@@ -261,9 +285,12 @@ def dense_model(
 
     Training: ``dense_epochs`` of Adam (or SGD with momentum 0.9) at ``dense_lr`` on the
     training split, batches of ``batch_size`` in the order :func:`ceag.train.epoch_permutation`
-    gives, so the same key always yields the same model.
+    gives, so the same key always yields the same model. A NaN / Inf loss or gradient raises
+    :class:`ceag.train.NonFiniteError` (nothing cached) or skips the step, by
+    ``cfg.on_nonfinite``.
     """
     cache = Path(cfg.output_root) / ".dense-cache" / f"{_dense_key(cfg, data, seed)}.ckpt"
+    _remove_temp_files(cache.parent, cache.name, older_than=600)  # left by killed runs (not by live ones)
     torch.manual_seed(seed)
     model = build_model(data.input_shape, data.num_classes, cfg.arch, cfg.hidden)
     if cache.exists():
@@ -285,15 +312,30 @@ def dense_model(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
+    skipped = 0
     for epoch in tqdm(range(cfg.dense_epochs), desc=f"dense training (seed {seed})", disable=not cfg.progress, leave=False):
-        for idx in epoch_permutation(len(y), seed, epoch).split(cfg.batch_size):
+        for step, idx in enumerate(epoch_permutation(len(y), seed, epoch).split(cfg.batch_size)):
             loss = nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            bad = _nonfinite(loss, params)
+            if bad:
+                where = f"dense training (seed {seed}), epoch {epoch}, step {step + 1}: non-finite {_listing(bad)}"
+                if cfg.on_nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"{where}; stopped, nothing cached. Lower --dense-lr, check the data for NaN / Inf, "
+                        "or use --on-nonfinite skip"
+                    )
+                skipped += 1
+                log(f"{where}; step skipped")
+                continue
             opt.step()
     model.cpu()
     save_checkpoint({"model": model.state_dict(), "key": cache.stem}, cache)
-    log(f"dense model (seed {seed}): trained {cfg.dense_epochs} epochs in {time.perf_counter() - start:.1f} s")
+    log(
+        f"dense model (seed {seed}): trained {cfg.dense_epochs} epochs in {time.perf_counter() - start:.1f} s"
+        + (f", {skipped} non-finite steps skipped" if skipped else "")
+    )
     return model
 
 
@@ -447,8 +489,9 @@ def run_one(
 
     out = cfg.output_dir / run_dir_name(method, sparsity, seed)
     metrics = out / "metrics.json"
-    if metrics.exists():
-        return RunResult.from_dict(json.loads(metrics.read_text()))
+    done = _read_metrics(metrics, log)
+    if done is not None:
+        return done
     tcfg = cfg.train_config(method, sparsity, seed, num_groups=data.num_groups, output_dir=str(out))
     trainer = Trainer(tcfg, copy.deepcopy(dense), data.train, data.test)
     trainer.fit(resume=True)
@@ -468,6 +511,27 @@ def run_one(
     return result
 
 
+def _read_metrics(path: Path, log: Callable[[str], None]) -> RunResult | None:
+    """The finished run's result from its ``metrics.json``; None if missing or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        return RunResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, OSError) as err:
+        bad = path.with_name(path.name + ".corrupt")
+        log(f"{path}: unreadable ({err}); moved to {bad.name}, the run is finished again from its checkpoint")
+        path.replace(bad)
+        return None
+
+
+def _estimate_bytes(cfg: ExperimentConfig, data: datasets.GroupedDataset) -> int:
+    """Room the experiment needs at least: a dense model and one run's checkpoints (last,
+    prev and a temp file, each weights plus two momentum buffers), plus 1 MiB."""
+    model = build_model(data.input_shape, data.num_classes, cfg.arch, cfg.hidden)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 10 * weights + 2**20
+
+
 def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
     """The experiment's data set, fetching it first if needed (real data sets only)."""
     if cfg.dataset != "synthetic" and not datasets.is_fetched(cfg.dataset, cfg.data_root):
@@ -478,8 +542,10 @@ def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
 def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, plots: bool = True) -> ExperimentResult:
     """Run (or finish) every run of the grid, then write results.json/.md and plots."""
     cfg.validate()
-    data = load_data(cfg)
     out = cfg.output_dir
+    check_output_dir(out)  # before fetching data or training: the folder takes files
+    data = load_data(cfg)
+    check_output_dir(out, _estimate_bytes(cfg, data))
     _check_config_file(cfg, out)
     grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
     log(
@@ -491,11 +557,13 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
         dense = None
         for sparsity in cfg.sparsities:
             for method in cfg.methods:
-                done = (out / run_dir_name(method, sparsity, seed) / "metrics.json").exists()
+                r = _read_metrics(out / run_dir_name(method, sparsity, seed) / "metrics.json", log)
+                done = r is not None
                 if dense is None and not done:
                     dense = dense_model(cfg, data, seed, log=log)
                 start = time.perf_counter()
-                r = run_one(cfg, data, dense, method, sparsity, seed, log=log)  # type: ignore[arg-type]
+                if r is None:
+                    r = run_one(cfg, data, dense, method, sparsity, seed, log=log)  # type: ignore[arg-type]
                 runs.append(r)
                 tr, te = r.summary["train"], r.summary["test"]
                 log(
@@ -505,6 +573,7 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
                     + (" (cached)" if done else f" ({time.perf_counter() - start:.0f} s)")
                 )
     result = ExperimentResult(cfg, runs, tuple(data.group_names), out)
+    _remove_temp_files(out)  # left by killed runs (results.json, config.json, ...)
     if plots:
         result.plots = write_plots(result)
     _atomic_write(out / "results.json", json.dumps(result.to_dict(), indent=1, allow_nan=True).encode())

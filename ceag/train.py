@@ -10,6 +10,7 @@
         SGD steps (method.step → backward → step → re-apply masks), step LR decay at 60/80/90%
         evaluation on train and test: accuracy, loss, Ψ_PW, max ψ, fraction within ε
     history → ``history.json`` / ``history.csv`` in ``output_dir``; checkpoint ``last.ckpt``
+    (the one before it kept as ``prev.ckpt``)
 
 Data: ``train_set`` is a map-style dataset of ``(inputs, target, group)`` samples (a
 ``TensorDataset`` is indexed in whole batches, without a DataLoader). Epoch ``e``'s order is
@@ -22,7 +23,16 @@ schedule position, epoch / batch counters, dense statistics, history, and the RN
 (torch CPU and CUDA, ``random``, numpy). They are written atomically (temporary file in the
 same folder, fsync, ``os.replace``) with a SHA-256 of the payload in a header, so a
 truncated or corrupted file raises :class:`CheckpointError`. With
-``checkpoint_every_steps`` a run can also resume mid-epoch, exactly.
+``checkpoint_every_steps`` a run can also resume mid-epoch, exactly. Each save, once the
+new file is written, moves the old ``last.ckpt`` to ``prev.ckpt``; ``fit(resume=True)`` falls
+back to ``prev.ckpt`` (with a warning naming the bad file) when ``last.ckpt`` is missing,
+truncated or corrupted.
+
+Faults: every step checks its loss, the multipliers and the gradient norm; a NaN / Inf stops
+the run with :class:`NonFiniteError` after checkpointing the state before that step
+(``on_nonfinite="stop"``), or the step is undone and counted in the history
+(``on_nonfinite="skip"``). Before training, the output folder must take a probe file and
+have room for a few checkpoints; a failed write raises :class:`OutputError` naming the file.
 
 Data-parallel (``torch.distributed`` initialised, world size W > 1): every rank takes its
 contiguous 1/W slice of each global batch, gradients are averaged by
@@ -39,8 +49,10 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -56,8 +68,11 @@ from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, spa
 
 __all__ = [
     "CheckpointError",
+    "NonFiniteError",
+    "OutputError",
     "TrainConfig",
     "Trainer",
+    "check_output_dir",
     "epoch_permutation",
     "load_checkpoint",
     "save_checkpoint",
@@ -66,6 +81,8 @@ __all__ = [
 
 METHOD_NAMES = ("nft", "el", "el_rb", "ceag", "ceag_batch")
 CHECKPOINT_NAME = "last.ckpt"
+PREVIOUS_CHECKPOINT_NAME = "prev.ckpt"
+NONFINITE_ACTIONS = ("stop", "skip")
 _MAGIC = b"CEAGCKPT1\n"
 
 
@@ -95,7 +112,13 @@ class TrainConfig:
     training samples unconstrained (their λ_g stays 0).
 
     Reporting: ψ over groups with at least ``min_count`` samples; files in ``output_dir``
-    (None: nothing written, no checkpoints).
+    (None: nothing written, no checkpoints); ``checkpoint_every_steps`` > 0 also checkpoints
+    every that many steps within an epoch (0: at the end of each epoch only).
+
+    Faults: ``on_nonfinite`` says what a step with a NaN / Inf loss, multiplier or gradient
+    does: "stop" (default) raises :class:`NonFiniteError` after checkpointing the state
+    before the step; "skip" undoes the step (no parameter update; method state and RNG as
+    before it) and counts it in the epoch's ``skipped_steps``.
     """
 
     num_groups: int
@@ -134,9 +157,11 @@ class TrainConfig:
     output_dir: str | None = None
     checkpoint_every_steps: int = 0
     progress: bool = True
+    on_nonfinite: str = "stop"
 
-    # Fields a resumed run may change without changing the result.
-    RESUMABLE_CHANGES = ("output_dir", "progress", "device", "num_workers", "checkpoint_every_steps")
+    # Fields a resumed run may change without changing the result (on_nonfinite changes it
+    # only where a run with "stop" has no result: a stopped run may resume with "skip").
+    RESUMABLE_CHANGES = ("output_dir", "progress", "device", "num_workers", "checkpoint_every_steps", "on_nonfinite")
 
     def __post_init__(self) -> None:
         self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
@@ -203,6 +228,8 @@ class TrainConfig:
         integer("min_count", 1)
         integer("constrain_min_count", 0)
         integer("checkpoint_every_steps", 0)
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            bad("on_nonfinite", "must be 'stop' or 'skip'")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
@@ -263,11 +290,53 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is truncated, corrupted or not a ceag checkpoint."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+class NonFiniteError(RuntimeError):
+    """A training step produced a NaN / Inf loss, multiplier or gradient (``on_nonfinite="stop"``)."""
+
+
+class OutputError(OSError):
+    """Output cannot be written: the folder is not writable, the disk is full, or a write failed.
+
+    ``errno`` is that of the underlying error (e.g. ``errno.ENOSPC``), where there is one.
+    """
+
+
+def _output_error(message: str, err: OSError | None = None) -> OutputError:
+    out = OutputError(message)
+    out.errno = err.errno if err is not None else None
+    return out
+
+
+def check_output_dir(folder: str | os.PathLike, need_bytes: int = 0) -> None:
+    """Raise :class:`OutputError` unless ``folder`` (created if missing) takes a probe file
+    (written and removed) and has at least ``need_bytes`` free."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ceag-probe.", suffix=".tmp", dir=folder)
+        try:
+            os.write(fd, b"ceag")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise _output_error(f"output folder {folder} is not writable: {err.strerror or err}", err) from err
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise _output_error(
+            f"not enough free space for {folder}: {free / 2**20:.1f} MiB free, about "
+            f"{need_bytes / 2**20:.1f} MiB needed for checkpoints"
+        )
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, previous: str | os.PathLike | None = None) -> Path:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
     Layout: magic line, JSON header line (payload length and SHA-256), ``torch.save`` payload.
     A crash at any point leaves either the previous file or the new one, never a mix.
+    ``previous``: once the new file is on disk, the old ``path`` (if any) is first renamed to
+    this, so the checkpoint before the newest survives (a crash between the two renames
+    leaves only ``previous``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +344,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     torch.save(state, buf)
     payload = buf.getvalue()
     header = json.dumps({"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode() + b"\n"
-    _atomic_write(path, _MAGIC, header, payload)
+    _atomic_write(path, _MAGIC, header, payload, backup=None if previous is None else Path(previous))
     return path
 
 
@@ -400,7 +469,11 @@ class Trainer:
             frequency=config.pruning_frequency,
             scope=config.pruning_scope,
         )
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self._params = [p for p in self.model.parameters() if p.requires_grad]
+        # Buffers a forward pass updates (BatchNorm running statistics): undone with a bad step.
+        self._running_stats = [
+            b for m in self.model.modules() if getattr(m, "track_running_stats", False) for b in m.buffers(recurse=False)
+        ]
         self.dense_optimizer = torch.optim.SGD(
             params, lr=config.dense_lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
@@ -426,6 +499,7 @@ class Trainer:
         self.global_step = 0
         self._accum = self._zero_accum()
         self._started = False
+        self._keep_previous = True  # False after resuming from prev.ckpt: don't rotate a bad last.ckpt over it
         self.on_batch_end: Callable[["Trainer"], None] | None = None  # test / user hook
         # Wall-clock seconds and steps of the training loops per phase, this process only (not
         # checkpointed: timings are not part of the run's result).
@@ -440,6 +514,11 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path | None:
         return self.output_dir / CHECKPOINT_NAME if self.output_dir is not None else None
+
+    @property
+    def previous_checkpoint_path(self) -> Path | None:
+        """The checkpoint before :attr:`checkpoint_path`, the fallback when it is unusable."""
+        return self.output_dir / PREVIOUS_CHECKPOINT_NAME if self.output_dir is not None else None
 
     @property
     def is_main(self) -> bool:
@@ -499,7 +578,7 @@ class Trainer:
 
     @staticmethod
     def _zero_accum() -> dict[str, float]:
-        return {"loss_sum": 0.0, "mean_loss_sum": 0.0, "batches": 0}
+        return {"loss_sum": 0.0, "mean_loss_sum": 0.0, "batches": 0, "skipped": 0}
 
     def _train_module(self) -> nn.Module:
         return self.ddp if self.ddp is not None else self.model
@@ -538,20 +617,45 @@ class Trainer:
         start = time.perf_counter()
         for inputs, target, group in bar:
             inputs, target, group = (t.to(self.device, non_blocking=True) for t in (inputs, target, group))
+            undo = self._undo_point(dense)
             logits = module(inputs)
+            lam = None
             if dense:
                 loss = nn.functional.cross_entropy(logits, target)
                 mean_loss = loss.detach()
             else:
                 out = self.method.step(logits, target, group)  # type: ignore[union-attr]
                 loss, mean_loss = out.loss, out.mean_loss
+                if isinstance(self.method, ConstrainedMethod):
+                    lam = out.multipliers
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            apply_masks_(self.model)
-            self._accum["loss_sum"] += float(loss.detach())
-            self._accum["mean_loss_sum"] += float(mean_loss)
-            self._accum["batches"] += 1
+            bad = _nonfinite(loss, self._params, lam)
+            if bad:
+                what = _listing(bad)
+                self._undo(undo)
+                optimizer.zero_grad(set_to_none=True)
+                where = (
+                    f"epoch {epoch} ({self.phase(epoch)}), step {self.global_step + 1} "
+                    f"(batch {self.batch + 1} of {num_batches})"
+                )
+                if c.on_nonfinite == "stop":
+                    timing["seconds"] += time.perf_counter() - start
+                    saved = self.save()  # the state before this step
+                    raise NonFiniteError(
+                        f"non-finite {what} at {where}; stopped"
+                        + (f", the state before this step is saved in {saved}" if saved is not None else "")
+                        + ". Lower the learning rates, check the data for NaN / Inf, or set on_nonfinite='skip' "
+                        "(--on-nonfinite skip) to skip such steps"
+                    )
+                self._accum["skipped"] = self._accum.get("skipped", 0) + 1
+                warnings.warn(f"skipped {where}: non-finite {what}", RuntimeWarning, stacklevel=2)
+            else:
+                optimizer.step()
+                apply_masks_(self.model)
+                self._accum["loss_sum"] += float(loss.detach())
+                self._accum["mean_loss_sum"] += float(mean_loss)
+                self._accum["batches"] += 1
             self.batch += 1
             self.global_step += 1
             timing["steps"] += 1
@@ -565,6 +669,22 @@ class Trainer:
                 raise _Stop
         timing["seconds"] += time.perf_counter() - start
         bar.close()
+
+    def _undo_point(self, dense: bool) -> tuple:
+        """What a step changes before its loss is checked: method state, RNG, running stats."""
+        method = self.method.state_dict() if self.method is not None and not dense else None
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return method, torch.get_rng_state(), cuda, [b.clone() for b in self._running_stats]
+
+    def _undo(self, point: tuple) -> None:
+        method, rng, cuda, stats = point
+        if method is not None:
+            self.method.load_state_dict(method)  # type: ignore[union-attr]
+        torch.set_rng_state(rng)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+        for b, saved in zip(self._running_stats, stats):
+            b.copy_(saved)
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         c = self.config
@@ -581,6 +701,7 @@ class Trainer:
             "active": bool(isinstance(self.method, ConstrainedMethod) and self.method.active and not dense),
             "train_objective": self._accum["loss_sum"] / n,
             "train_batch_loss": self._accum["mean_loss_sum"] / n,
+            "skipped_steps": int(self._accum.get("skipped", 0)),
         }
         lam = self.method.multipliers.cpu() if self.method is not None and not dense else None
         row["multiplier_sum"] = float(lam.sum()) if lam is not None else 0.0
@@ -616,17 +737,22 @@ class Trainer:
     def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None, stop_at_step: int | None = None) -> list[dict[str, Any]]:
         """Run (or continue) training; returns :attr:`history`.
 
-        ``resume``: continue from ``output_dir/last.ckpt`` if it exists (else start fresh).
+        ``resume``: continue from ``output_dir/last.ckpt`` if it exists, else from
+        ``prev.ckpt`` (also when ``last.ckpt`` is unusable, with a warning naming it), else
+        start fresh; :class:`CheckpointError` when checkpoints exist but none is usable.
         ``stop_after_epoch`` / ``stop_at_step``: stop early, as an interruption would (after
         the epoch's checkpoint / right after that global step, without saving); a later
         ``fit(resume=True)`` continues the same run.
+
+        With ``output_dir``, first checks that it is writable and has room for checkpoints
+        (:class:`OutputError` if not), and removes temp files a killed run left there.
         """
         c = self.config
         if not self._started:
-            ckpt = self.checkpoint_path
-            if resume and ckpt is not None and ckpt.exists():
-                self.load(ckpt)
-            else:
+            if self.output_dir is not None and self.is_main:
+                check_output_dir(self.output_dir, 3 * self._checkpoint_bytes())  # last, prev, temp
+                _remove_temp_files(self.output_dir)
+            if not (resume and self._resume()):
                 _seed_everything(c.seed)
             self._started = True
         from tqdm.auto import tqdm
@@ -715,11 +841,51 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Checkpoint the run (rank 0) to ``path`` or ``output_dir/last.ckpt``."""
-        path = path if path is not None else self.checkpoint_path
-        if path is None or not self.is_main:
+        """Checkpoint the run (rank 0) to ``path`` or ``output_dir/last.ckpt`` (the latter
+        moving the previous ``last.ckpt`` to ``prev.ckpt``)."""
+        if path is not None:
+            return save_checkpoint(self.state_dict(), path) if self.is_main else None
+        if self.checkpoint_path is None or not self.is_main:
             return None
-        return save_checkpoint(self.state_dict(), path)
+        previous = self.previous_checkpoint_path if self._keep_previous else None
+        saved = save_checkpoint(self.state_dict(), self.checkpoint_path, previous=previous)
+        self._keep_previous = True
+        return saved
+
+    def _resume(self) -> bool:
+        """Load ``last.ckpt``, else ``prev.ckpt``; False if neither exists. A truncated or
+        corrupted file is named in a warning and skipped; CheckpointError if none is usable."""
+        errors = []
+        for path in (self.checkpoint_path, self.previous_checkpoint_path):
+            if path is None or not path.exists():
+                continue
+            try:
+                state = load_checkpoint(path, map_location=self.device)
+            except CheckpointError as err:
+                warnings.warn(f"unusable checkpoint: {err}", RuntimeWarning, stacklevel=3)
+                errors.append(str(err))
+                continue
+            if path == self.previous_checkpoint_path:
+                why = "it is unusable" if errors else "it is missing (interrupted while being replaced)"
+                warnings.warn(
+                    f"resuming from the previous checkpoint {path} (step {state['global_step']}): "
+                    f"{self.checkpoint_path.name} is not used as {why}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._keep_previous = False  # the next save overwrites last.ckpt, keeps this one
+            self.load_state_dict(state)
+            return True
+        if errors:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.output_dir} ({'; '.join(errors)}); delete the folder to start over"
+            )
+        return False
+
+    def _checkpoint_bytes(self) -> int:
+        """Rough size of one checkpoint: weights and masks, two momentum buffers, and 1 MiB."""
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        return 3 * weights + 2**20
 
     def load(self, path: str | os.PathLike | None = None) -> None:
         path = path if path is not None else self.checkpoint_path
@@ -729,23 +895,31 @@ class Trainer:
         self._started = True
 
 
-def _atomic_write(path: Path, *chunks: bytes) -> None:
+def _atomic_write(path: Path, *chunks: bytes, backup: Path | None = None) -> None:
     """Write ``chunks`` to ``path`` atomically: temp file in the same folder, fsync, rename,
     then fsync the folder so the rename itself is durable. A crash leaves the old or the new
-    file, never a mix, and no temp file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    file, never a mix (a killed process may leave a ``.<name>.*.tmp`` file behind; see
+    :func:`_remove_temp_files`). ``backup``: rename the old ``path`` to it just before the
+    new file takes its place. A failed write raises :class:`OutputError` naming ``path``."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as err:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise _output_error(f"cannot write {path}: {err.strerror or err}", err) from err
         raise
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -755,6 +929,41 @@ def _atomic_write(path: Path, *chunks: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _remove_temp_files(folder: Path, name: str = "*", older_than: float = 0.0) -> None:
+    """Remove the temp files :func:`_atomic_write` leaves when killed (``.<name>.*.tmp``),
+    those last modified more than ``older_than`` seconds ago."""
+    now = time.time()
+    for tmp in folder.glob(f".{name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _nonfinite(loss: torch.Tensor, params: Sequence[torch.Tensor], multipliers: torch.Tensor | None = None) -> list[str]:
+    """Which of the step's loss, ``multipliers`` and gradient norm (of ``params``' grads) are
+    NaN / Inf: their names, [] when all are finite. One host synchronisation when all are."""
+    values = {"loss": loss.detach().float().reshape(())}
+    if multipliers is not None:
+        values["multipliers"] = multipliers.detach().float().sum().to(loss.device)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        values["gradients"] = torch.nn.utils.get_total_norm(grads).float().to(loss.device)
+    total = sum(v * 0 for v in values.values())  # NaN iff some value is NaN / Inf
+    if _dist()[1] > 1:  # every rank takes the same decision
+        total = total.clone()
+        torch.distributed.all_reduce(total)
+    if math.isfinite(total):
+        return []
+    return [name for name, v in values.items() if not math.isfinite(v)] or ["values on another rank"]
+
+
+def _listing(names: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
 
 
 def train(

@@ -71,6 +71,21 @@ def test_bad_arguments_exit_2_with_one_clear_line(argv, message, capsys, tmp_pat
     assert message in err and "Traceback" not in err
 
 
+def test_fault_options(tmp_path, capsys):
+    from ceag.cli import _config
+
+    args = build_parser().parse_args(["run", "--checkpoint-every-steps", "5", "--on-nonfinite", "skip"])
+    cfg = _config(args, "run")
+    assert (cfg.checkpoint_every_steps, cfg.on_nonfinite) == (5, "skip")
+    assert _config(build_parser().parse_args(["run"]), "run").on_nonfinite == "stop"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--on-nonfinite", "ignore"])
+    assert exc.value.code == 2 and "--on-nonfinite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--checkpoint-every-steps", "-1", "--output", str(tmp_path)])
+    assert exc.value.code == 2 and "checkpoint_every_steps must be >= 0" in capsys.readouterr().err
+
+
 def test_unparsable_numbers_are_argparse_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["sweep", "--sparsities", "0.9,lots"])

@@ -176,6 +176,8 @@ def test_folder_of_another_config_is_refused(tmp_path):
         ({"batch_size": 0}, "batch_size"),
         ({"min_count": 0}, "min_count"),
         ({"pruning_scope": "row"}, "pruning_scope"),
+        ({"checkpoint_every_steps": -1}, "checkpoint_every_steps"),
+        ({"on_nonfinite": "ignore"}, "on_nonfinite"),
     ],
 )
 def test_config_validation_names_the_field(tmp_path, kw, match):
@@ -204,3 +206,15 @@ def test_config_round_trips(tmp_path):
     assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown fields"):
         ExperimentConfig.from_dict({**cfg.to_dict(), "epochs": 3})
+
+
+def test_fault_options_reach_the_runs_and_may_change_on_a_rerun(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="f", checkpoint_every_steps=2)
+    tcfg = cfg.train_config("nft", 0.8, 0, num_groups=6)
+    assert (tcfg.checkpoint_every_steps, tcfg.on_nonfinite) == (2, "stop")
+    run_experiment(cfg, log=lambda _: None, plots=False)
+    run = cfg.output_dir / experiment.run_dir_name("nft", 0.8, 0)
+    assert (run / "prev.ckpt").is_file()  # the checkpoint before last.ckpt is kept
+    # Neither option changes a result: the finished experiment is re-read with others.
+    again = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="f", on_nonfinite="skip")
+    assert run_experiment(again, log=lambda _: None, plots=False).runs[0].history[-1]["skipped_steps"] == 0

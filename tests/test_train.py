@@ -217,9 +217,23 @@ def test_corrupted_checkpoint_is_detected(checkpointed, damage):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
+    # Resuming names the bad file and falls back to the checkpoint before it (epoch 1)...
+    prev = checkpointed.previous_checkpoint_path
+    assert load_checkpoint(prev)["epoch"] == 1
     fresh = Trainer(checkpointed.config, _model(20), checkpointed.train_set, checkpointed.test_set)
-    with pytest.raises(CheckpointError):
-        fresh.fit(resume=True)
+    with pytest.warns(RuntimeWarning) as caught:
+        fresh.fit(resume=True, stop_after_epoch=1)
+    said = [str(w.message) for w in caught]
+    assert any(f"unusable checkpoint: {path}" in m for m in said), said
+    assert any(f"resuming from the previous checkpoint {prev}" in m for m in said), said
+    # ...and the next save replaces the bad file, keeping the good one as prev.ckpt.
+    assert load_checkpoint(path)["epoch"] == 2 and load_checkpoint(prev)["epoch"] == 1
+    # With every checkpoint unusable, resuming refuses (never silently starts over).
+    path.write_bytes(bytes(data))
+    prev.write_bytes(prev.read_bytes()[:-10])
+    again = Trainer(checkpointed.config, _model(20), checkpointed.train_set, checkpointed.test_set)
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="no usable checkpoint"):
+        again.fit(resume=True)
 
 
 def test_save_load_roundtrip(tmp_path):
