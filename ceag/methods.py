@@ -54,6 +54,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import numbers
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -63,7 +64,7 @@ from cooper.multipliers import IndexedMultiplier
 from torch import Tensor
 
 from ceag.metrics import GroupStats
-from ceag.ops import GroupCrossEntropy, group_cross_entropy, replay_buffer_update
+from ceag.ops import BACKENDS, GroupCrossEntropy, group_cross_entropy, replay_buffer_update
 from ceag.ops._checks import INDEX_DTYPES, check_tensor
 
 __all__ = [
@@ -144,8 +145,18 @@ def _check_int(name: str, value: Any, lo: int) -> int:
     return value
 
 
+def _to_float(name: str, value: Any) -> float:
+    """``float(value)``, or a TypeError naming ``name`` for anything but a real number."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a tensor of several elements
+        raise TypeError(f"{name} must be a real number, got {value!r}") from exc
+
+
 def _check_nonneg(name: str, value: Any) -> float:
-    value = float(value)
+    value = _to_float(name, value)
     if not (value >= 0.0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
@@ -179,10 +190,14 @@ class Method(abc.ABC):
         device: torch.device | str | None = None,
     ) -> None:
         self.num_groups = _check_int("num_groups", num_groups, 1)
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = _to_float("label_smoothing", label_smoothing)
         if not 0.0 <= self.label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
         self.ignore_index = int(ignore_index)
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
         self.backend = backend
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.num_steps = 0
@@ -227,7 +242,7 @@ class Method(abc.ABC):
         check_tensor("logits", logits, dim=2)
         n = logits.shape[0]
         for name, t in (("target", target), ("group", group)):
-            check_tensor(name, t, dim=1, dtypes=INDEX_DTYPES, device=logits.device)
+            check_tensor(name, t, dim=1, dtypes=INDEX_DTYPES, device=logits.device, device_of="logits")
             if t.shape[0] != n:
                 raise ValueError(f"{name} must have length N={n} (logits.shape[0]), got {t.shape[0]}")
         if logits.device != self.device:
@@ -383,7 +398,7 @@ class ConstrainedMethod(Method):
             num_groups, label_smoothing=label_smoothing, ignore_index=ignore_index, backend=backend, device=device
         )
         self.tolerance = _check_nonneg("tolerance", tolerance)
-        dual_lr = float(dual_lr)
+        dual_lr = _to_float("dual_lr", dual_lr)
         if not (dual_lr > 0 and math.isfinite(dual_lr)):
             raise ValueError(f"dual_lr must be a finite number > 0, got {dual_lr}")
         self.dual_lr = dual_lr
@@ -391,7 +406,7 @@ class ConstrainedMethod(Method):
             _check_int("buffer_size", buffer_size, 1)
         self.buffer_size = buffer_size
         if max_multiplier_sum is not None:
-            max_multiplier_sum = float(max_multiplier_sum)
+            max_multiplier_sum = _to_float("max_multiplier_sum", max_multiplier_sum)
             if not max_multiplier_sum > 0:
                 raise ValueError(f"max_multiplier_sum must be > 0, got {max_multiplier_sum}")
         self.max_multiplier_sum = max_multiplier_sum
@@ -545,6 +560,10 @@ class ConstrainedMethod(Method):
             violation, observed = self._batch_violation(out)
         if self.constrained is not None:
             observed = observed & self.constrained
+        # A non-finite violation (NaN/Inf logits: NaN losses, or NaN losses held in a buffer)
+        # counts as unobserved: one bad batch must not turn the multipliers NaN for good. The
+        # returned loss is NaN all the same, so the bad batch is not silent.
+        observed = observed & torch.isfinite(violation)
         violation = torch.where(observed, violation, torch.nan)
         weight = self.multiplier.weight
         if _is_stateless_sgd(self.dual_optimizer):
@@ -779,9 +798,12 @@ class EL(ConstrainedMethod):
         group_shares: Tensor | None = None,
         **kwargs: Any,
     ) -> None:
+        _check_int("num_groups", num_groups, 1)
+        if buffer_size is not None:
+            _check_int("buffer_size", buffer_size, 1)
         if variant not in ("abs", "signed"):
             raise ValueError(f"variant must be 'abs' or 'signed', got {variant!r}")
-        if variant == "signed" and float(tolerance) != 0.0:
+        if variant == "signed" and _to_float("tolerance", tolerance) != 0.0:
             raise ValueError(f"tolerance must be 0 for the signed (equality) variant, got {tolerance}")
         self.variant = variant
         self.constraint_type = cooper.ConstraintType.INEQUALITY if variant == "abs" else cooper.ConstraintType.EQUALITY
@@ -791,7 +813,11 @@ class EL(ConstrainedMethod):
             check_tensor("group_shares", group_shares, dim=1)
             if group_shares.shape[0] != num_groups:
                 raise ValueError(f"group_shares must have length num_groups={num_groups}, got {group_shares.shape[0]}")
-            if bool((group_shares < 0).any()) or not float(group_shares.sum()) > 0:
+            if (
+                bool((group_shares < 0).any())
+                or not bool(torch.isfinite(group_shares).all())
+                or not float(group_shares.sum()) > 0
+            ):
                 raise ValueError("group_shares must be >= 0 with a positive sum")
         super().__init__(num_groups, tolerance=tolerance, buffer_size=buffer_size, **kwargs)
         self._shares = None if group_shares is None else group_shares.detach().to(self.device, torch.float64)
@@ -884,6 +910,10 @@ def build_method(name: str, num_groups: int, *, dense: GroupStats | None = None,
         if dense is None:
             raise ValueError(f"method {name!r} needs dense (the dense model's train-set GroupStats)")
         if name == "ceag_batch":
+            if kwargs.get("buffer_size") is not None:
+                raise ValueError(
+                    f"method 'ceag_batch' has no replay buffers: buffer_size must be None, got {kwargs['buffer_size']!r}"
+                )
             kwargs["buffer_size"] = None
         return CEAG(num_groups, dense, **kwargs)
     if name == "el_rb":

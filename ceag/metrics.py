@@ -17,6 +17,7 @@ from every max/min/fraction: their ψ is NaN, never 0.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Iterable, Sequence
@@ -70,15 +71,33 @@ class GroupStats:
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
             if t.dim() != 1:
                 raise ValueError(f"{name} must be 1-D [num_groups], got shape {tuple(t.shape)}")
+            if t.is_meta:
+                raise ValueError(f"{name} is a meta tensor (no data)")
+            if t.is_complex():
+                raise TypeError(f"{name} must be real, got {t.dtype}")
+            if name != "loss_sum" and t.is_floating_point():
+                # Whole-valued floats (e.g. all-reduced counts) are fine; truncating 2.5 is not.
+                bad = ~(torch.isfinite(t) & (t == t.round()))
+                if bool(bad.any()):
+                    raise ValueError(f"{name} must hold whole numbers, found {t[bad][0].item()}")
         g = self.count.shape[0]
+        if g < 1:
+            raise ValueError("count must have at least one group (num_groups >= 1), got shape (0,)")
         for name in ("correct", "loss_sum"):
             if getattr(self, name).shape[0] != g:
                 raise ValueError(f"{name} must have length num_groups={g}, got {getattr(self, name).shape[0]}")
+            if getattr(self, name).device != self.count.device:
+                raise ValueError(f"{name} is on {getattr(self, name).device} but count is on {self.count.device}")
         self.count = self.count.to(torch.int64)
         self.correct = self.correct.to(torch.int64)
         self.loss_sum = self.loss_sum.to(torch.float64)
-        if bool((self.correct > self.count).any()) or bool((self.count < 0).any()):
-            raise ValueError("correct must satisfy 0 <= correct <= count for every group")
+        bad = (self.correct > self.count) | (self.correct < 0) | (self.count < 0)
+        if bool(bad.any()):
+            g = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                "correct must satisfy 0 <= correct <= count for every group, "
+                f"got correct={int(self.correct[g])}, count={int(self.count[g])} for group {g}"
+            )
 
     # -- construction ------------------------------------------------------------------
 
@@ -107,13 +126,20 @@ class GroupStats:
     def add_(
         self, out: GroupCrossEntropy | "GroupStats" | None = None, *, count=None, correct=None, loss_sum=None
     ) -> "GroupStats":
-        """Add a batch's statistics in place (a fused-op output, a GroupStats, or tensors)."""
+        """Add a batch's statistics in place (a fused-op output, a GroupStats, or tensors).
+
+        Shapes are checked, values are not (that would synchronise with the device per batch).
+        """
         if out is not None:
             count, correct, loss_sum = out.count, out.correct, out.loss_sum
         if count is None or correct is None or loss_sum is None:
             raise TypeError("add_ needs an op output / GroupStats, or count, correct and loss_sum")
-        if count.shape != self.count.shape:
-            raise ValueError(f"count must have shape {tuple(self.count.shape)}, got {tuple(count.shape)}")
+        # Shapes only: the value checks of the constructor would synchronise with the device.
+        for name, t in (("count", count), ("correct", correct), ("loss_sum", loss_sum)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.shape != self.count.shape:
+                raise ValueError(f"{name} must have shape {tuple(self.count.shape)}, got {tuple(t.shape)}")
         self.count += count.detach().to(self.count.device, torch.int64)
         self.correct += correct.detach().to(self.count.device, torch.int64)
         self.loss_sum += loss_sum.detach().to(self.count.device, torch.float64)
@@ -307,6 +333,13 @@ def wilson_interval(correct: Tensor, count: Tensor, confidence: float = 0.95) ->
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    correct, count = torch.as_tensor(correct), torch.as_tensor(count)
+    try:
+        torch.broadcast_shapes(correct.shape, count.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"correct {tuple(correct.shape)} and count {tuple(count.shape)} do not broadcast") from exc
+    if bool(((correct < 0) | (correct > count)).any()):
+        raise ValueError("correct must satisfy 0 <= correct <= count")
     z = _z(confidence)
     n = count.to(torch.float64)
     safe_n = n.clamp_min(1)
@@ -323,6 +356,16 @@ def wilson_interval(correct: Tensor, count: Tensor, confidence: float = 0.95) ->
 # ---------------------------------------------------------------------------------------
 # Disparity
 # ---------------------------------------------------------------------------------------
+
+
+def _real(name: str, value: Any) -> float:
+    """``float(value)`` for a real number (or a one-element tensor), else a TypeError naming it."""
+    if not isinstance(value, bool) and isinstance(value, (numbers.Real, Tensor)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{name} must be a real number, got {value!r}")
 
 
 @dataclass
@@ -458,11 +501,12 @@ def disparity(
         raise TypeError("dense and sparse must be GroupStats")
     if dense.num_groups != sparse.num_groups:
         raise ValueError(f"dense has {dense.num_groups} groups but sparse has {sparse.num_groups}")
-    tolerance = float(tolerance)
+    tolerance = _real("tolerance", tolerance)
     if not tolerance >= 0.0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    confidence = _real("confidence", confidence)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     dense, sparse = dense.cpu(), sparse.cpu()

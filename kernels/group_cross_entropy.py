@@ -110,6 +110,7 @@ def _forward_kernel(
         run_max = tl.full((BLOCK_R,), float("-inf"), dtype=ACC)
         run_sum = tl.zeros((BLOCK_R,), dtype=ACC)
         run_arg = tl.zeros((BLOCK_R,), dtype=tl.int32)
+        first_nan = tl.full((BLOCK_R,), 2147483647, dtype=tl.int32)  # torch.argmax: a NaN is the max
         sum_x = tl.zeros((BLOCK_R,), dtype=ACC)
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + cols_local
@@ -122,6 +123,7 @@ def _forward_kernel(
             chunk_max = tl.max(x, axis=1)
             chunk_arg = tl.min(tl.where(x == chunk_max[:, None], cols[None, :], 2147483647), axis=1)
             run_arg = tl.where(chunk_max > run_max, chunk_arg, run_arg)  # first max wins
+            first_nan = tl.minimum(first_nan, tl.min(tl.where(x != x, cols[None, :], 2147483647), axis=1))
             new_max = tl.maximum(run_max, chunk_max)
             run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
             run_max = new_max
@@ -134,6 +136,7 @@ def _forward_kernel(
         else:
             loss = lse - x_t
         loss = tl.where(keep, loss, 0.0)
+        run_arg = tl.where(first_nan < 2147483647, first_nan, run_arg)
         correct = keep & (run_arg == safe_t)
         tl.store(lse_ptr + rows, lse, mask=r_ok)
         tl.store(sample_correct_ptr + rows, correct, mask=r_ok)

@@ -12,7 +12,7 @@ __all__ = ["MaskedConv2d"]
 
 class MaskedConv2d(nn.Conv2d):
     """``conv2d(x, weight * mask, bias)`` with every ``nn.Conv2d`` option (stride, padding and
-    padding modes, dilation, groups).
+    padding modes, dilation, groups). Pruned weights are absent: exactly 0 even if NaN/Inf.
 
     ``mask`` is a bool buffer of weight's shape ``[out, in / groups, kh, kw]`` (all True by
     default), saved in the state dict. The product ``weight * mask`` is part of the autograd
@@ -73,7 +73,9 @@ class MaskedConv2d(nn.Conv2d):
         return float(self.mask.count_nonzero()) / n if n else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
+        # where, not weight * mask: a pruned weight is absent, so a NaN/Inf there stays out of
+        # the output (NaN * 0 is NaN), as in MaskedLinear. Same gradient: 0 where pruned.
+        return self._conv_forward(x, torch.where(self.mask, self.weight, 0), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, density={self.density:.4f}"

@@ -17,8 +17,9 @@ class MaskedLinear(nn.Linear):
     ``mask`` is a bool buffer of weight's shape (all True by default), saved in the state dict.
     The mask's compressed :class:`~ceag.ops.MaskLayout` (used by the sparse CPU kernel) is
     cached and rebuilt on the next forward after the mask changes: through :meth:`set_mask`,
-    an in-place edit, ``load_state_dict`` or a device move (tracked by the buffer's version
-    counter and data pointer). Inside ``torch.compile`` that check cannot run: a compiled
+    an in-place edit, ``load_state_dict`` (which converts a mask of another dtype, nonzero =
+    kept: e.g. torch.nn.utils.prune's float masks) or a device move (tracked by the buffer's
+    version counter and data pointer). Inside ``torch.compile`` that check cannot run: a compiled
     module uses the layout cached by the last eager forward or :meth:`set_mask`, so after
     editing the mask in place call :meth:`refresh_layout` (or use :meth:`set_mask`).
     """

@@ -24,14 +24,16 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     ("cpp" on CPU; "cuda" on CUDA when the extension has CUDA kernels, else "triton").
     """
     choice = backend if backend is not None else (os.environ.get(ENV_VAR) or None)
+    if device.type not in ("cpu", "cuda"):
+        # Every backend, "reference" included: a meta tensor (no data) or another device would
+        # otherwise fail deep inside a kernel with a message that names no argument.
+        raise ValueError(f"ceag ops support CPU and CUDA tensors, got device {device}")
     if choice is None:
         if device.type == "cpu":
             return "cpp"
-        if device.type == "cuda":
-            from ceag._extension import has_cuda_kernels
+        from ceag._extension import has_cuda_kernels
 
-            return "cuda" if has_cuda_kernels() else "triton"
-        raise ValueError(f"ceag ops support CPU and CUDA tensors, got device {device}")
+        return "cuda" if has_cuda_kernels() else "triton"
     if choice not in BACKENDS:
         source = "backend" if backend is not None else ENV_VAR
         raise ValueError(f"{source} must be one of {BACKENDS}, got {choice!r}")

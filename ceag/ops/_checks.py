@@ -12,6 +12,7 @@ def check_tensor(
     dim: int | None = None,
     dtypes: tuple[torch.dtype, ...] | None = None,
     device: torch.device | None = None,
+    device_of: str = "the other inputs",
 ) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -21,7 +22,8 @@ def check_tensor(
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
     if device is not None and t.device != device:
-        raise ValueError(f"{name} is on {t.device} but the other inputs are on {device}")
+        verb = "is" if device_of.isidentifier() else "are"  # "x is", "the other inputs are"
+        raise ValueError(f"{name} is on {t.device} but {device_of} {verb} on {device}")
     return t
 
 
@@ -36,6 +38,23 @@ def check_index_range(name: str, idx: torch.Tensor, upper: int, *, allow: int | 
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} must be in [0, {upper}), found {bad}")
+
+
+def check_index_ranges(*specs: tuple[str, torch.Tensor, int, bool]) -> None:
+    """Raise unless every entry of each ``idx`` is in [0, upper) ([0, upper] when the spec's
+    ``inclusive`` is True), for several ``(name, idx, upper, inclusive)`` at once with a single
+    host transfer (one device synchronisation on CUDA instead of two per tensor)."""
+    specs = tuple(spec for spec in specs if spec[1].numel() > 0)
+    if not specs:
+        return
+    bounds = torch.stack(
+        [b for _, idx, _, _ in specs for b in (idx.min().to(torch.int64), idx.max().to(torch.int64))]
+    ).tolist()
+    for i, (name, _, upper, inclusive) in enumerate(specs):
+        lo, hi = bounds[2 * i], bounds[2 * i + 1]
+        if lo < 0 or hi > upper or (hi == upper and not inclusive):
+            interval = f"[0, {upper}]" if inclusive else f"[0, {upper})"
+            raise ValueError(f"{name} must be in {interval}, found {lo if lo < 0 else hi}")
 
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)

@@ -8,6 +8,12 @@
 - ``sample_correct[N]`` (bool): the per-sample correctness bits the replay buffers take,
 - ``weighted_loss``: ``sum_g group_weight[g] * loss_sum[g]`` when ``group_weight`` is given.
 
+Non-finite logits are not an error (checking would cost a pass): they propagate. A row
+holding a NaN, or a +inf, or only -inf, has a NaN loss, so its group's ``loss_sum`` (and
+``weighted_loss``) is NaN; ``count`` is unaffected, and the predicted class is
+``torch.argmax``'s: NaN counts as the maximum (the first NaN wins), else the first largest
+value. Every backend follows this.
+
 Samples whose target is ``ignore_index`` count nowhere and are never correct. ``loss_sum`` is
 float32 (float64 for float64 logits, so that gradcheck works). With ``group_weight`` and
 logits that require grad, the kernel writes the gradient of ``weighted_loss`` during the
@@ -21,6 +27,7 @@ autograd formulas and fake kernels are registered once per op family by
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -246,19 +253,21 @@ def _validate(logits, target, group, num_groups, label_smoothing, ignore_index, 
     if c < 1:
         raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
     for name, t in (("target", target), ("group", group)):
-        check_tensor(name, t, dim=1, dtypes=INDEX_DTYPES, device=device)
+        check_tensor(name, t, dim=1, dtypes=INDEX_DTYPES, device=device, device_of="logits")
         if t.shape[0] != n:
             raise ValueError(f"{name} must have length N={n} (logits.shape[0]), got {t.shape[0]}")
     if isinstance(num_groups, bool) or not isinstance(num_groups, (int, torch.SymInt)):
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (numbers.Real, torch.SymFloat)):
+        raise TypeError(f"label_smoothing must be a real number, got {type(label_smoothing).__name__}")
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if group_weight is not None:
-        check_tensor("group_weight", group_weight, dim=1, dtypes=FLOAT_DTYPES, device=device)
+        check_tensor("group_weight", group_weight, dim=1, dtypes=FLOAT_DTYPES, device=device, device_of="logits")
         if group_weight.shape[0] != num_groups:
             raise ValueError(
                 f"group_weight must have length num_groups={num_groups}, got {group_weight.shape[0]}"
@@ -291,6 +300,9 @@ def group_cross_entropy(
     """
     _validate(logits, target, group, num_groups, label_smoothing, ignore_index, group_weight)
     label_smoothing = float(label_smoothing)
+    # The Triton kernels index target and group as dense arrays (strided views gave wrong
+    # sums); logits and group_weight go with their strides. No copy when already contiguous.
+    target, group = target.contiguous(), group.contiguous()
     chosen = resolve_backend(backend, logits.device)
     if chosen != "cpp" and not torch.compiler.is_compiling():
         # The C++ CPU kernels check the ranges themselves during their sweep.

@@ -19,6 +19,7 @@ that uses the op without graph breaks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -160,18 +161,18 @@ def _check_inputs(x, weight, mask, bias, layout) -> None:
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() < 1:
         raise ValueError(f"x must have at least 1 dimension [..., K], got shape {tuple(x.shape)}")
-    check_tensor("weight", weight, dim=2, dtypes=(x.dtype,), device=x.device)
+    check_tensor("weight", weight, dim=2, dtypes=(x.dtype,), device=x.device, device_of="x")
     n, k = weight.shape
     if x.shape[-1] != k:
         raise ValueError(
             f"x's last dimension ({x.shape[-1]}) must equal weight.shape[1] (K = {k}); "
             f"x has shape {tuple(x.shape)}, weight {tuple(weight.shape)}"
         )
-    check_tensor("mask", mask, dtypes=(torch.bool,), device=x.device)
+    check_tensor("mask", mask, dtypes=(torch.bool,), device=x.device, device_of="x")
     if mask.shape != weight.shape:
         raise ValueError(f"mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
     if bias is not None:
-        check_tensor("bias", bias, dim=1, dtypes=(x.dtype,), device=x.device)
+        check_tensor("bias", bias, dim=1, dtypes=(x.dtype,), device=x.device, device_of="x")
         if bias.shape[0] != n:
             raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
     if layout is not None:
@@ -226,6 +227,13 @@ def masked_linear(
     ``layout``: the mask's :class:`MaskLayout` (build it once per mask change; it must match the
     mask). ``backend``: "cpp", "triton", "cuda" or "reference"; default by device, or
     ``$CEAG_BACKEND``. Gradients flow to x, weight and bias; never to the mask.
+
+    Edge cases (tests/reliability/test_bad_input.py): zero-size x, N or K are legal (K = 0
+    gives the bias, or zeros); non-contiguous inputs give the contiguous result; pruned weights
+    are absent, so a NaN/Inf weight where the mask is False reaches neither y nor grad_x. A
+    NaN/Inf in x is not checked: it stays in its row of y, and reaches y[b, n] whenever a kept
+    weight of row n reads it (whether it also leaks through a column the mask prunes entirely
+    depends on the path: dense GEMMs compute NaN * 0).
     """
     _check_inputs(x, weight, mask, bias, layout)
     backend = resolve_backend(backend, x.device)
@@ -233,9 +241,12 @@ def masked_linear(
         return reference.masked_linear(x, weight, mask, bias)
     n, k = weight.shape
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, k).contiguous()
+    # K = 0: reshape(-1, 0) is ambiguous; y is then the bias (or zeros) for every row.
+    x2 = (x.reshape(-1, k) if k > 0 else x.reshape(math.prod(lead), 0)).contiguous()
     weight = weight.contiguous()
     mask = mask.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()  # the Triton kernel reads bias densely (a strided one gave wrong y)
     if backend == "triton":
         import ceag.kernels.masked_linear  # noqa: F401  (registers the *_triton ops)
 

@@ -12,8 +12,12 @@ import torch.nn.functional as F
 def masked_linear(
     x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """y = x @ (weight * mask).T + bias, for x of shape [..., K]."""
-    return F.linear(x, weight * mask.to(weight.dtype), bias)
+    """y = x @ (weight * mask).T + bias, for x of shape [..., K].
+
+    Pruned weights are absent, not multiplied by 0: a NaN/Inf weight where the mask is False
+    reaches neither y nor the gradient of x (as in every kernel; NaN * 0 would be NaN).
+    """
+    return F.linear(x, torch.where(mask, weight, 0), bias)
 
 
 def group_cross_entropy(
@@ -27,17 +31,19 @@ def group_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-group cross-entropy sums and accuracy counts.
 
-    Returns ``(loss_sum[G] float32, correct[G] int64, count[G] int64, sample_correct[N] bool)``.
+    Returns ``(loss_sum[G], correct[G] int64, count[G] int64, sample_correct[N] bool)``, with
+    ``loss_sum`` float32, or float64 for float64 logits (as every backend).
     Samples whose target equals ``ignore_index`` count nowhere and are never correct.
     """
     keep = target != ignore_index
-    safe_target = torch.where(keep, target, torch.zeros_like(target))
+    safe_target = torch.where(keep, target, torch.zeros_like(target)).long()  # int32 ids too
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     loss = F.cross_entropy(
-        logits.float(), safe_target, reduction="none", label_smoothing=label_smoothing
+        logits.to(acc), safe_target, reduction="none", label_smoothing=label_smoothing
     )
     loss = torch.where(keep, loss, torch.zeros_like(loss))
     g = group.long()
-    loss_sum = torch.zeros(num_groups, dtype=torch.float32, device=logits.device)
+    loss_sum = torch.zeros(num_groups, dtype=acc, device=logits.device)
     loss_sum = loss_sum.index_add(0, g, loss)
     if logits.shape[0] > 0:
         sample_correct = (logits.argmax(dim=1) == target) & keep

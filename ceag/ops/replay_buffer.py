@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ceag.ops import reference
 from ceag.ops._backend import resolve_backend
-from ceag.ops._checks import INDEX_DTYPES, check_index_range, check_tensor
+from ceag.ops._checks import INDEX_DTYPES, check_index_ranges, check_tensor
 
 __all__ = ["replay_buffer_update"]
 
@@ -40,11 +40,11 @@ def _validate(buffer, head, fill, group, values) -> Tensor:
     if k < 1:
         raise ValueError(f"buffer must have k >= 1 slots per group, got shape {tuple(buffer.shape)}")
     for name, t in (("head", head), ("fill", fill)):
-        check_tensor(name, t, dim=1, dtypes=(torch.int64,), device=device)
+        check_tensor(name, t, dim=1, dtypes=(torch.int64,), device=device, device_of="buffer")
         if t.shape[0] != num_groups:
             raise ValueError(f"{name} must have length num_groups={num_groups}, got {t.shape[0]}")
-    check_tensor("group", group, dim=1, dtypes=INDEX_DTYPES, device=device)
-    check_tensor("values", values, dim=1, device=device)
+    check_tensor("group", group, dim=1, dtypes=INDEX_DTYPES, device=device, device_of="buffer")
+    check_tensor("values", values, dim=1, device=device, device_of="buffer")
     if values.shape[0] != group.shape[0]:
         raise ValueError(f"values must have length N={group.shape[0]} (group's), got {values.shape[0]}")
     if values.dtype != buffer.dtype:
@@ -68,16 +68,32 @@ def replay_buffer_update(
 
     Args:
         buffer: [G, k] bool, uint8, float32 or float64, k >= 1; updated in place.
-        head: [G] int64, next write slot of each group; updated in place.
-        fill: [G] int64, entries held by each group (at most k); updated in place.
+        head: [G] int64 in [0, k), next write slot of each group; updated in place.
+        fill: [G] int64 in [0, k], entries held by each group; updated in place.
+            Non-contiguous buffer/head/fill are accepted (updated through contiguous copies).
         group: [N] int64/int32 group ids in [0, G).
         values: [N] of the buffer's dtype (bool values are accepted for any buffer).
         backend: "cpp", "cuda", "triton" or "reference"; default by device / $CEAG_BACKEND.
     """
     values = _validate(buffer, head, fill, group, values)
+    group, values = group.contiguous(), values.contiguous()  # the kernels read them densely
     chosen = resolve_backend(backend, buffer.device)
     if chosen != "cpp" and not torch.compiler.is_compiling():
-        check_index_range("group", group, buffer.shape[0])  # the C++ kernel checks its own
+        # The C++ kernel checks its own. Out-of-range head/fill would make the others write
+        # out of bounds (the Triton kernel computes slots from head without a bounds check).
+        k = buffer.shape[1]
+        check_index_ranges(
+            ("group", group, buffer.shape[0], False), ("head", head, k, False), ("fill", fill, k, True)
+        )
+    if not (buffer.is_contiguous() and head.is_contiguous() and fill.is_contiguous()):
+        # The kernels index head/fill (and the C++ one the buffer) as dense arrays: update
+        # contiguous copies, then write them back, so the result equals the contiguous call's.
+        bufc, headc, fillc = buffer.contiguous(), head.contiguous(), fill.contiguous()
+        replay_buffer_update(bufc, headc, fillc, group, values, backend=chosen)
+        for dst, src in ((buffer, bufc), (head, headc), (fill, fillc)):
+            if dst is not src:
+                dst.copy_(src)
+        return fill
     if chosen == "reference":
         reference.replay_buffer_update_(buffer, head, fill, group, values)
     elif chosen == "triton":

@@ -9,6 +9,7 @@ tiles, the work drops with the sparsity).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -34,10 +35,24 @@ def block_magnitude_mask(
 
     Ties are broken by block index (row-major), so the result is deterministic.
     """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
+    if weight.is_meta:
+        raise ValueError("weight is a meta tensor (no data): its block norms cannot be ranked")
+    if weight.is_complex() or weight.dtype == torch.bool:
+        raise TypeError(f"weight must be real-valued, got {weight.dtype}")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"sparsity must be a real number in [0, 1], got {sparsity!r}")
     if not 0.0 <= float(sparsity) <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    if (
+        not isinstance(block, (tuple, list))
+        or len(block) != 2
+        or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in block)
+    ):
+        raise TypeError(f"block must be two integer sizes (rows, columns), got {block!r}")
     bh, bw = (int(b) for b in block)
     if bh < 1 or bw < 1:
         raise ValueError(f"block must be two positive sizes, got {block}")

@@ -155,6 +155,8 @@ def sparsify(
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every MaskedLinear / MaskedConv2d in ``model``, registration order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _MASKED)]
 
 
@@ -213,6 +215,8 @@ def magnitude_prune(
     s = check_sparsity(sparsity, "sparsity")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):  # before any change
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     layers = [m for _, m in prunable_layers(model)]
     if not layers:
         raise ValueError("model has no masked layers to prune: call ceag.prune.sparsify(model) first")
@@ -260,6 +264,8 @@ def mask_optimizer_state_(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     does): a momentum built up before pruning would otherwise move pruned weights away from
     zero. Parameters the optimizer does not hold, or holds no state for yet, are skipped.
     """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     with torch.no_grad():
         for _, m in prunable_layers(model):
             state = optimizer.state.get(m.weight)

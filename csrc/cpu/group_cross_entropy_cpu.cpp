@@ -318,6 +318,17 @@ inline void write_grad_row(const T* x, int64_t C, int64_t t, A lse, A gw, A eps,
   out[t] = static_cast<T>(std::exp(xt - lse) * gw + bias - (A(1) - eps) * gw);
 }
 
+// First j with x[j] NaN, or fallback if there is none. torch.argmax counts NaN as the
+// maximum (the first NaN wins), which the max/argmax primitives above do not: a row whose
+// exp-sum is NaN (it holds a NaN, or its max is +-inf) is rescanned here. Rare, so scalar.
+template <typename T, typename A>
+inline int64_t first_nan_or(const T* x, int64_t C, int64_t fallback) {
+  for (int64_t j = 0; j < C; ++j) {
+    if (std::isnan(static_cast<A>(x[j]))) return j;
+  }
+  return fallback;
+}
+
 struct Chunking {
   int64_t rows_per_chunk;
   int64_t num_chunks;
@@ -404,8 +415,9 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& target, const at
         const bool keep = t != ignore_index;
         const T* x = X + i * C;
         const bool fused_row = grad_out && keep && C <= kBlock;
-        const RowStats<A> st =
+        RowStats<A> st =
             row_stats<T, A>(x, C, want_sum, scratch.data(), fused_row ? ebuf.data() : nullptr);
+        if (std::isnan(st.sum)) st.arg = first_nan_or<T, A>(x, C, st.arg);
         const A lse = st.max + std::log(st.sum);
         lse_p[i] = lse;
         const bool ok = keep && st.arg == t;

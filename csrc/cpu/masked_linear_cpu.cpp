@@ -207,8 +207,11 @@ void zero_unmasked(scalar_t* g, const bool* mask, int64_t numel) {
   });
 }
 
+// W where the mask is set, exactly 0 elsewhere (one fused pass). Not weight * mask: a pruned
+// weight is absent, so a NaN/Inf there must not reach y or grad_x (NaN * 0 is NaN), the same
+// as on the sparse path, the reference and the GPU kernels.
 at::Tensor dense_masked_weight(const at::Tensor& weight, const at::Tensor& mask) {
-  return weight * mask;  // bool mask promotes to weight's dtype: one fused pass
+  return at::where(mask, weight, at::zeros({}, weight.options()));
 }
 
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,

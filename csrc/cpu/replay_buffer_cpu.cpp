@@ -43,13 +43,17 @@ void replay_buffer_update_cpu(at::Tensor& buffer, at::Tensor& head, at::Tensor& 
   int64_t* hd = head.data_ptr<int64_t>();
   int64_t* fl = fill.data_ptr<int64_t>();
   // Validate everything before mutating anything: a bad call leaves the buffers untouched.
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t g = grp[i];
-    TORCH_CHECK(g >= 0 && g < G, "group must be in [0, ", G, "), found ", g, " at index ", i);
+  // Every group's head and fill (O(G)), not only the batch's: the same rule as the other
+  // backends, whatever groups a batch happens to hold.
+  for (int64_t g = 0; g < G; ++g) {
     TORCH_CHECK(hd[g] >= 0 && hd[g] < k, "head must be in [0, ", k, "), found ", hd[g],
                 " for group ", g);
     TORCH_CHECK(fl[g] >= 0 && fl[g] <= k, "fill must be in [0, ", k, "], found ", fl[g],
                 " for group ", g);
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t g = grp[i];
+    TORCH_CHECK(g >= 0 && g < G, "group must be in [0, ", G, "), found ", g, " at index ", i);
   }
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, buffer.scalar_type(),
                              "replay_buffer_update_", [&] {
