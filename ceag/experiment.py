@@ -34,7 +34,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ from ceag.train import (
     TrainConfig,
     Trainer,
     _atomic_write,
+    _IndexBatches,
     _listing,
     _nonfinite,
     _remove_temp_files,
@@ -314,7 +315,7 @@ def dense_model(
     start = time.perf_counter()
     skipped = 0
     for epoch in tqdm(range(cfg.dense_epochs), desc=f"dense training (seed {seed})", disable=not cfg.progress, leave=False):
-        for step, idx in enumerate(epoch_permutation(len(y), seed, epoch).split(cfg.batch_size)):
+        for step, idx in enumerate(_IndexBatches(epoch_permutation(len(y), seed, epoch), cfg.batch_size)):
             loss = nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -366,7 +367,9 @@ class RunResult:
     seconds_per_step: float  # mean wall time of a mitigation-phase training step
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow (the values are JSON-ready lists and dicts): dataclasses.asdict would deep-copy
+        # the history, G multipliers per epoch.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunResult":
@@ -483,8 +486,12 @@ def run_one(
     seed: int,
     *,
     log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Fine-tune a copy of ``dense`` with ``method`` to ``sparsity`` (resumes; cached)."""
+    """Fine-tune a copy of ``dense`` with ``method`` to ``sparsity`` (resumes; cached).
+
+    ``on_epoch_end(trainer, row)``: called after every epoch (:attr:`ceag.train.Trainer.on_epoch_end`).
+    """
     import copy
 
     out = cfg.output_dir / run_dir_name(method, sparsity, seed)
@@ -494,6 +501,7 @@ def run_one(
         return done
     tcfg = cfg.train_config(method, sparsity, seed, num_groups=data.num_groups, output_dir=str(out))
     trainer = Trainer(tcfg, copy.deepcopy(dense), data.train, data.test)
+    trainer.on_epoch_end = on_epoch_end
     trainer.fit(resume=True)
     summary, psi, count = _final_report(trainer, data, cfg)
     timing = trainer.timings.get("mitigation") or trainer.timings.get("pruning") or {"seconds": math.nan, "steps": 1}
@@ -539,8 +547,18 @@ def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
     return datasets.load(cfg.dataset, cfg.data_root, **cfg.dataset_options)
 
 
-def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print, plots: bool = True) -> ExperimentResult:
-    """Run (or finish) every run of the grid, then write results.json/.md and plots."""
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    log: Callable[[str], None] = print,
+    plots: bool = True,
+    on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
+) -> ExperimentResult:
+    """Run (or finish) every run of the grid, then write results.json/.md and plots.
+
+    ``on_epoch_end(trainer, row)``: called after every epoch of every run trained now (e.g. to
+    watch progress or memory); runs already finished are not trained again.
+    """
     cfg.validate()
     out = cfg.output_dir
     check_output_dir(out)  # before fetching data or training: the folder takes files
@@ -563,7 +581,8 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
                     dense = dense_model(cfg, data, seed, log=log)
                 start = time.perf_counter()
                 if r is None:
-                    r = run_one(cfg, data, dense, method, sparsity, seed, log=log)  # type: ignore[arg-type]
+                    r = run_one(cfg, data, dense, method, sparsity, seed,  # type: ignore[arg-type]
+                                log=log, on_epoch_end=on_epoch_end)  # fmt: skip
                 runs.append(r)
                 tr, te = r.summary["train"], r.summary["test"]
                 log(
@@ -576,9 +595,23 @@ def run_experiment(cfg: ExperimentConfig, *, log: Callable[[str], None] = print,
     _remove_temp_files(out)  # left by killed runs (results.json, config.json, ...)
     if plots:
         result.plots = write_plots(result)
-    _atomic_write(out / "results.json", json.dumps(result.to_dict(), indent=1, allow_nan=True).encode())
+    _atomic_write(out / "results.json", _json_chunks(result.to_dict(), indent=1))
     _atomic_write(out / "results.md", (_markdown(result) + "\n").encode())
     return result
+
+
+def _json_chunks(obj: Any, indent: int | None = None, size: int = 1 << 20) -> Iterator[bytes]:
+    """``json.dumps(obj, indent=indent, allow_nan=True)`` encoded, in pieces of about ``size``
+    bytes, so a large file (every run's history: G multipliers per epoch) is never held whole."""
+    parts: list[str] = []
+    held = 0
+    for piece in json.JSONEncoder(indent=indent, allow_nan=True).iterencode(obj):
+        parts.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield "".join(parts).encode()
+            parts, held = [], 0
+    yield "".join(parts).encode()
 
 
 def _markdown(result: ExperimentResult) -> str:

@@ -342,27 +342,28 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, previous:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
-    payload = buf.getvalue()
-    header = json.dumps({"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode() + b"\n"
-    _atomic_write(path, _MAGIC, header, payload, backup=None if previous is None else Path(previous))
+    with buf.getbuffer() as payload:  # the serialized bytes in place (getvalue() would copy them)
+        header = json.dumps({"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode() + b"\n"
+        _atomic_write(path, _MAGIC, header, payload, backup=None if previous is None else Path(previous))
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, verifying length and SHA-256."""
     path = Path(path)
-    data = path.read_bytes()
-    if not data.startswith(_MAGIC):
-        raise CheckpointError(f"{path}: not a ceag checkpoint (bad magic; truncated or foreign file?)")
-    nl = data.find(b"\n", len(_MAGIC))
-    if nl < 0:
-        raise CheckpointError(f"{path}: truncated checkpoint (no header)")
-    try:
-        header = json.loads(data[len(_MAGIC) : nl])
-        length, digest = int(header["length"]), str(header["sha256"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: corrupted checkpoint header ({e})") from None
-    payload = data[nl + 1 :]
+    with path.open("rb") as f:  # magic, header line, then the payload read once (no copies)
+        magic = f.read(len(_MAGIC))
+        if magic != _MAGIC:
+            raise CheckpointError(f"{path}: not a ceag checkpoint (bad magic; truncated or foreign file?)")
+        line = f.readline(1 << 16)
+        if not line.endswith(b"\n"):
+            raise CheckpointError(f"{path}: truncated checkpoint (no header)")
+        try:
+            header = json.loads(line[:-1])
+            length, digest = int(header["length"]), str(header["sha256"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: corrupted checkpoint header ({e})") from None
+        payload = f.read()
     if len(payload) != length:
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint: payload is {len(payload)} bytes, header says {length}")
     if hashlib.sha256(payload).hexdigest() != digest:
@@ -501,6 +502,8 @@ class Trainer:
         self._started = False
         self._keep_previous = True  # False after resuming from prev.ckpt: don't rotate a bad last.ckpt over it
         self.on_batch_end: Callable[["Trainer"], None] | None = None  # test / user hook
+        # Called after each epoch's history row is recorded and checkpointed, with that row.
+        self.on_epoch_end: Callable[["Trainer", dict[str, Any]], None] | None = None
         # Wall-clock seconds and steps of the training loops per phase, this process only (not
         # checkpointed: timings are not part of the run's result).
         self.timings: dict[str, dict[str, float]] = {}
@@ -527,24 +530,32 @@ class Trainer:
     # -- data ------------------------------------------------------------------------------
 
     def _batches(
-        self, dataset: Any, order: torch.Tensor, batch_size: int, start: int = 0, split: bool = True
+        self, dataset: Any, order: torch.Tensor | None, batch_size: int, start: int = 0, split: bool = True
     ) -> Iterator[tuple]:
-        """Batches of ``dataset`` at ``order``, from batch ``start``; with ``split``, this
-        rank's contiguous slice of each (data-parallel)."""
-        chunks = list(order.split(batch_size))[start:]
-        if split and self.world_size > 1:
-            chunks = [c.tensor_split(self.world_size)[self.rank] for c in chunks]
+        """Batches of ``dataset`` at ``order`` (None: in index order), from batch ``start``;
+        with ``split``, this rank's contiguous slice of each (data-parallel).
+
+        Lazy: one batch's indices at a time, never a list over the epoch. A ``TensorDataset``
+        is gathered in whole batches (in index order: row slices of its tensors, no copy);
+        another dataset goes through a DataLoader whose batch sampler makes each batch's index
+        list only when the loader asks for it.
+        """
+        part = (self.rank, self.world_size) if split and self.world_size > 1 else None
+        chunks = _IndexBatches(len(dataset) if order is None else order, batch_size, start, part)
         if isinstance(dataset, TensorDataset):
             for idx in chunks:
-                yield tuple(t[idx] for t in dataset.tensors)
+                if isinstance(idx, slice):
+                    yield tuple(t[idx].contiguous() for t in dataset.tensors)  # views, unless not contiguous
+                else:
+                    yield tuple(t[idx] for t in dataset.tensors)
             return
-        loader = DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks], num_workers=self.config.num_workers)
+        loader = DataLoader(dataset, batch_sampler=_ListBatches(chunks), num_workers=self.config.num_workers)
         yield from loader
 
     def _eval_batches(self, dataset: Any) -> Iterable:
         if isinstance(dataset, (TensorDataset, Dataset)) and hasattr(dataset, "__len__"):
-            # Every rank evaluates the whole split.
-            return self._batches(dataset, torch.arange(len(dataset)), self.config.eval_batch_size, split=False)
+            # Every rank evaluates the whole split, in index order.
+            return self._batches(dataset, None, self.config.eval_batch_size, split=False)
         return dataset  # any iterable of (inputs, target, group) batches
 
     def _evaluate(self, dataset: Any) -> GroupStats:
@@ -770,6 +781,8 @@ class Trainer:
                 bar.set_postfix({k: row[k] for k in ("train_accuracy", "train_max_psi", "multiplier_sum") if k in row})
                 self.write_history()
                 self.save()
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self, row)
                 if stop_after_epoch is not None and epoch >= stop_after_epoch:
                     break
         except _Stop:
@@ -781,15 +794,15 @@ class Trainer:
     # -- files -----------------------------------------------------------------------------
 
     def write_history(self) -> None:
-        """``history.json`` and ``history.csv`` in ``output_dir`` (rank 0; atomic)."""
+        """``history.json`` (one row per line, written a row at a time) and ``history.csv`` in
+        ``output_dir`` (rank 0; atomic)."""
         out = self.output_dir
         if out is None or not self.is_main:
             return
         import pandas as pd
 
         out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"config": self.config.to_dict(), "history": self.history}, indent=1, allow_nan=True)
-        _atomic_write(out / "history.json", text.encode())
+        _atomic_write(out / "history.json", _history_json(self.config.to_dict(), self.history))
         flat = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in self.history]
         _atomic_write(out / "history.csv", pd.DataFrame(flat).to_csv(index=False).encode())
 
@@ -895,9 +908,55 @@ class Trainer:
         self._started = True
 
 
-def _atomic_write(path: Path, *chunks: bytes, backup: Path | None = None) -> None:
+class _IndexBatches:
+    """The index batches of an epoch, made one at a time: batch ``b`` is ``order[b·B:(b+1)·B]``
+    (``order`` a tensor of indices, or an int n for ``0..n-1``: then a ``slice``), from batch
+    ``start`` on; with ``part=(rank, world)``, each batch's contiguous share of that rank."""
+
+    def __init__(self, order: torch.Tensor | int, batch_size: int, start: int = 0, part: tuple[int, int] | None = None):
+        self.order, self.batch_size, self.start, self.part = order, batch_size, start, part
+        self.n = order if isinstance(order, int) else len(order)
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(self.n / self.batch_size) - self.start)
+
+    def __iter__(self) -> Iterator[torch.Tensor | slice]:
+        for lo in range(self.start * self.batch_size, self.n, self.batch_size):
+            hi = min(lo + self.batch_size, self.n)
+            if self.part is not None:  # as tensor_split(world)[rank] of the batch
+                rank, world = self.part
+                q, r = divmod(hi - lo, world)
+                lo, hi = lo + rank * q + min(rank, r), lo + (rank + 1) * q + min(rank + 1, r)
+            yield slice(lo, hi) if isinstance(self.order, int) else self.order[lo:hi]
+
+
+class _ListBatches:
+    """A DataLoader ``batch_sampler`` over :class:`_IndexBatches`: index lists made lazily."""
+
+    def __init__(self, batches: _IndexBatches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.batches:
+            yield list(range(idx.start, idx.stop)) if isinstance(idx, slice) else idx.tolist()
+
+
+def _history_json(config: dict[str, Any], history: Sequence[dict[str, Any]]) -> Iterator[bytes]:
+    """``{"config": ..., "history": [...]}`` as JSON, one history row per line, encoded a row
+    at a time (a row holds G multipliers: the text of the whole history is never built)."""
+    yield b'{"config": ' + json.dumps(config, allow_nan=True).encode() + b',\n "history": ['
+    for i, row in enumerate(history):
+        yield (b"\n  " if i == 0 else b",\n  ") + json.dumps(row, allow_nan=True).encode()
+    yield b"\n ]\n}"
+
+
+def _atomic_write(path: Path, *chunks: bytes | Iterable[bytes], backup: Path | None = None) -> None:
     """Write ``chunks`` to ``path`` atomically: temp file in the same folder, fsync, rename,
-    then fsync the folder so the rename itself is durable. A crash leaves the old or the new
+    then fsync the folder so the rename itself is durable. Each chunk is bytes-like, or an
+    iterable of bytes written as it yields (a large file need not be built in memory). A crash leaves the old or the new
     file, never a mix (a killed process may leave a ``.<name>.*.tmp`` file behind; see
     :func:`_remove_temp_files`). ``backup``: rename the old ``path`` to it just before the
     new file takes its place. A failed write raises :class:`OutputError` naming ``path``."""
@@ -906,7 +965,11 @@ def _atomic_write(path: Path, *chunks: bytes, backup: Path | None = None) -> Non
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
-                f.write(chunk)
+                if isinstance(chunk, (bytes, bytearray, memoryview)):
+                    f.write(chunk)
+                else:
+                    for piece in chunk:
+                        f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         if backup is not None and path.exists():
