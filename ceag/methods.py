@@ -435,6 +435,11 @@ class ConstrainedMethod(Method):
             self.fill = torch.zeros(num_groups, dtype=torch.int64, device=self.device)
         else:
             self.buffer = self.head = self.fill = None
+        # Per-group buffer sums, kept up to date for the groups each step touches (a full float64
+        # sum of the G x k buffer per step costs O(G k)); recomputed in full whenever the buffer
+        # changed behind our back (its version counter moved: load_state_dict, a direct write).
+        self._sums: Tensor | None = None
+        self._sums_version = -1
 
     # -- properties ----------------------------------------------------------------------
 
@@ -509,9 +514,16 @@ class ConstrainedMethod(Method):
             return dist.get_world_size(self.process_group)
         return 1
 
+    def _local_buffer_sums(self) -> Tensor:
+        """[G] float64 sums of this rank's buffers (cached, see ``_sums``)."""
+        if self._sums is None or self._sums_version != self.buffer._version or self._sums.device != self.buffer.device:
+            self._sums = self.buffer.sum(dim=1, dtype=torch.float64)
+            self._sums_version = self.buffer._version
+        return self._sums
+
     def _buffer_sums(self) -> tuple[Tensor, Tensor]:
         """(sum [G] float64, fill [G] int64) over ranks; full means fill == k * world size."""
-        stacked = torch.stack([self.buffer.sum(dim=1, dtype=torch.float64), self.fill.to(torch.float64)])
+        stacked = torch.stack([self._local_buffer_sums(), self.fill.to(torch.float64)])
         stacked = self._all_reduce(stacked)
         return stacked[0], stacked[1].round().to(torch.int64)
 
@@ -549,7 +561,12 @@ class ConstrainedMethod(Method):
         # Ignored samples count nowhere: they never enter a buffer.
         if not bool(keep.all()):
             group, values = group[keep], values[keep]
+        cached = self._sums is not None and self._sums_version == self.buffer._version
         replay_buffer_update(self.buffer, self.head, self.fill, group, values.to(self.buffer.dtype), backend=self.backend)
+        if cached and self._sums.device == self.buffer.device:
+            touched = torch.unique(group)  # only these rows changed
+            self._sums[touched] = self.buffer[touched].sum(dim=1, dtype=torch.float64)
+            self._sums_version = self.buffer._version
 
     def _dual_step(self, out: GroupCrossEntropy) -> Tensor:
         """Cooper dual step on the observed groups' violation; returns it ([G], NaN elsewhere)."""

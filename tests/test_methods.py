@@ -210,6 +210,27 @@ def test_ceag_buffer_estimates_match_deques_with_share_weighting():
     assert not est.available[5] and est.available[:4].all()
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("make", [lambda **k: CEAG(G, _dense(), **k), lambda **k: ELRB(G, _dense().shares, **k)])
+def test_cached_buffer_sums_follow_every_write(make, backend):
+    # The per-group sums are updated only for the groups a step touches; any other write to
+    # the buffer (load_state_dict, a direct copy) must force a full recount.
+    method = make(buffer_size=3, dual_lr=0.1, multiplier_sum_warning=None, backend=backend)
+    other = make(buffer_size=3, dual_lr=0.1, multiplier_sum_warning=None, backend=backend)
+    full = lambda m: m.buffer.sum(dim=1, dtype=torch.float64)  # noqa: E731
+    for step in range(8):
+        groups = (0, 1, 2, 4) if step % 2 else (1, 3)
+        method.step(*_batch(n=9, groups=groups, seed=step, dtype=torch.float32))
+        other.step(*_batch(n=5, groups=(0, 5), seed=100 + step, dtype=torch.float32))
+        assert torch.equal(method._buffer_sums()[0], full(method))
+        if step == 3:
+            method.buffer.copy_(torch.ones_like(method.buffer))
+            assert torch.equal(method._buffer_sums()[0], full(method))
+        if step == 5:
+            method.load_state_dict(other.state_dict())
+            assert torch.equal(method._buffer_sums()[0], full(other))
+
+
 def test_overall_estimate_is_share_weighted_not_unweighted():
     dense = GroupStats(torch.tensor([900, 100]), torch.tensor([900, 100]), torch.zeros(2, dtype=torch.float64))
     method = CEAG(2, dense, buffer_size=2)
