@@ -347,6 +347,10 @@ def _make_dual_optimizer(kind, params, lr: float, kwargs: dict) -> torch.optim.O
     return opt
 
 
+#: Replay-buffer sums are updated per touched group when G > this × batch size, else recounted.
+_INCREMENTAL_SUMS_RATIO = 12
+
+
 class ConstrainedMethod(Method):
     """A method with one Lagrange multiplier per group (Cooper), optional replay buffers.
 
@@ -561,12 +565,18 @@ class ConstrainedMethod(Method):
         # Ignored samples count nowhere: they never enter a buffer.
         if not bool(keep.all()):
             group, values = group[keep], values[keep]
-        cached = self._sums is not None and self._sums_version == self.buffer._version
+        # Incremental sums pay (unique + gather) only when G is large next to the batch; below
+        # that a full recount is cheaper (measured on CPU: slower at G = 1000, N = 256; 20%
+        # faster per method step at G = 10,000).
+        incremental = self.num_groups > _INCREMENTAL_SUMS_RATIO * group.numel()
+        cached = incremental and self._sums is not None and self._sums_version == self.buffer._version
         replay_buffer_update(self.buffer, self.head, self.fill, group, values.to(self.buffer.dtype), backend=self.backend)
         if cached and self._sums.device == self.buffer.device:
             touched = torch.unique(group)  # only these rows changed
             self._sums[touched] = self.buffer[touched].sum(dim=1, dtype=torch.float64)
             self._sums_version = self.buffer._version
+        else:
+            self._sums = None
 
     def _dual_step(self, out: GroupCrossEntropy) -> Tensor:
         """Cooper dual step on the observed groups' violation; returns it ([G], NaN elsewhere)."""

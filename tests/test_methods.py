@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ceag.methods as methods_module
 from ceag.methods import CEAG, EL, ELRB, NFT, build_method, primal_group_weights
 from ceag.metrics import GroupStats
 
@@ -210,11 +211,14 @@ def test_ceag_buffer_estimates_match_deques_with_share_weighting():
     assert not est.available[5] and est.available[:4].all()
 
 
+@pytest.mark.parametrize("incremental", [True, False])
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 @pytest.mark.parametrize("make", [lambda **k: CEAG(G, _dense(), **k), lambda **k: ELRB(G, _dense().shares, **k)])
-def test_cached_buffer_sums_follow_every_write(make, backend):
-    # The per-group sums are updated only for the groups a step touches; any other write to
-    # the buffer (load_state_dict, a direct copy) must force a full recount.
+def test_cached_buffer_sums_follow_every_write(make, backend, incremental, monkeypatch):
+    # With many groups per batch sample the per-group sums are updated only for the groups a
+    # step touches; any other write to the buffer (load_state_dict, a direct copy) must force
+    # a full recount. With few, every read recounts.
+    monkeypatch.setattr(methods_module, "_INCREMENTAL_SUMS_RATIO", 0 if incremental else 10**9)
     method = make(buffer_size=3, dual_lr=0.1, multiplier_sum_warning=None, backend=backend)
     other = make(buffer_size=3, dual_lr=0.1, multiplier_sum_warning=None, backend=backend)
     full = lambda m: m.buffer.sum(dim=1, dtype=torch.float64)  # noqa: E731
