@@ -251,6 +251,17 @@ def _include_epsilon(ax: "Axes", tol: float) -> None:
     ax.set_ylim(min(lo, y - pad), max(hi, y + pad))
 
 
+def _figure_legend(fig: "Figure", axes: Sequence["Axes"], *, max_cols: int) -> None:
+    """One legend below the figure for the entries of ``axes``, each label once."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), max_cols), fontsize=8, frameon=False)
+
+
 def _no_data(ax: "Axes", text: str = "no finite values to plot") -> None:
     ax.text(0.5, 0.75, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
@@ -587,13 +598,7 @@ def _training_figure(histories: Mapping[str, Any], tolerance: float, *, split: s
         if not any_finite:
             _no_data(ax, f"no finite {split} disparity yet (dense epochs only)")
     fig.suptitle(f"Disparity during training ({split} split)", fontsize=11)
-    handles, labels = [], []
-    for ax in (ax_pw, ax_max):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8, frameon=False)
+    _figure_legend(fig, (ax_pw, ax_max), max_cols=3)
     return fig
 
 
@@ -847,13 +852,7 @@ def _tradeoff_figure(points: Sequence[Mapping], tolerance: float, *, split: str)
             _no_data(ax)
     _include_epsilon(ax_max, tol)
     fig.suptitle(f"Disparity vs accuracy across sparsities ({split} split; labels: sparsity)", fontsize=11)
-    handles, labels = [], []
-    for ax in (ax_max, ax_pw):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize=8, frameon=False)
+    _figure_legend(fig, (ax_max, ax_pw), max_cols=6)
     return fig
 
 
