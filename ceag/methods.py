@@ -520,7 +520,7 @@ class ConstrainedMethod(Method):
 
     def _local_buffer_sums(self) -> Tensor:
         """[G] float64 sums of this rank's buffers (cached, see ``_sums``)."""
-        if self._sums is None or self._sums_version != self.buffer._version or self._sums.device != self.buffer.device:
+        if self._sums is None or self._sums_version != self.buffer._version:
             self._sums = self.buffer.sum(dim=1, dtype=torch.float64)
             self._sums_version = self.buffer._version
         return self._sums
@@ -571,7 +571,7 @@ class ConstrainedMethod(Method):
         incremental = self.num_groups > _INCREMENTAL_SUMS_RATIO * group.numel()
         cached = incremental and self._sums is not None and self._sums_version == self.buffer._version
         replay_buffer_update(self.buffer, self.head, self.fill, group, values.to(self.buffer.dtype), backend=self.backend)
-        if cached and self._sums.device == self.buffer.device:
+        if cached:
             touched = torch.unique(group)  # only these rows changed
             self._sums[touched] = self.buffer[touched].sum(dim=1, dtype=torch.float64)
             self._sums_version = self.buffer._version
@@ -684,6 +684,7 @@ class ConstrainedMethod(Method):
         self.dual_optimizer.load_state_dict(opt_state)
         if self.uses_buffers:
             self.buffer, self.head, self.fill = (t.to(device) for t in (self.buffer, self.head, self.fill))
+            self._sums = None  # a new buffer tensor: its version counter says nothing about the cache
         self._move_constants(device)
         self.device = device
         return self
