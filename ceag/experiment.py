@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
-from ceag.metrics import GroupStats, disparity
+from ceag.metrics import disparity
 from ceag.models import ARCHITECTURES, build_model
 from ceag.train import (
     METHOD_NAMES,
@@ -450,7 +450,9 @@ def _final_report(trainer: Trainer, data: datasets.GroupedDataset, cfg: Experime
     summary, psi, count = {}, {}, {}
     for split, ds, ref in (("train", data.train, trainer.dense_stats), ("test", data.test, trainer.dense_test_stats)):
         assert ref is not None
-        stats: GroupStats = trainer._evaluate(ds)
+        stats = trainer.last_eval.get(split)
+        if stats is None:  # no epoch ran in this process (a finished run re-opened): evaluate now
+            stats = trainer._evaluate(ds)
         rep = disparity(ref, stats, cfg.tolerance, min_count=cfg.min_count)
         summary[split] = {**rep.summary(), "accuracy": stats.overall_accuracy}
         psi[split] = rep.psi.tolist()

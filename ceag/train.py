@@ -507,6 +507,9 @@ class Trainer:
         # Wall-clock seconds and steps of the training loops per phase, this process only (not
         # checkpointed: timings are not part of the run's result).
         self.timings: dict[str, dict[str, float]] = {}
+        # split -> GroupStats of the latest epoch's evaluation in this process (not checkpointed),
+        # so a caller reporting on the final model need not evaluate it again.
+        self.last_eval: dict[str, GroupStats] = {}
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -724,8 +727,9 @@ class Trainer:
             splits.append(("train", self.train_set, self.dense_stats))
         if c.eval_test and self.test_set is not None:
             splits.append(("test", self.test_set, self.dense_test_stats))
+        self.last_eval = {}
         for name, data, ref in splits:
-            stats = self._evaluate(data)
+            stats = self.last_eval[name] = self._evaluate(data)
             row[f"{name}_accuracy"] = stats.overall_accuracy
             row[f"{name}_loss"] = stats.overall_loss
             if ref is not None and not dense:
