@@ -111,6 +111,8 @@ class ExperimentConfig:
     dual_lr: float | None = None  # None: DUAL_LR_PER_GROUPS / G
     max_multiplier_sum: float | None = None
     constrain_min_count: int = 0
+    dual_optimizer: str = "sgd"
+    method_options: dict[str, Any] = field(default_factory=dict)
     pruning_epochs: int = 10
     mitigation_epochs: int = 20
     lr: float = 1e-2
@@ -139,6 +141,7 @@ class ExperimentConfig:
         self.sparsities = tuple(float(s) for s in self.sparsities)
         self.seeds = tuple(self.seeds)
         self.dataset_options = dict(self.dataset_options)
+        self.method_options = dict(self.method_options)
         self.validate()
 
     def validate(self) -> "ExperimentConfig":
@@ -219,10 +222,17 @@ class ExperimentConfig:
             progress=self.progress,
             checkpoint_every_steps=self.checkpoint_every_steps,
             on_nonfinite=self.on_nonfinite,
-            method_options={"max_multiplier_sum": self.max_multiplier_sum}
-            if self.max_multiplier_sum is not None and method != "nft"
-            else {},
+            dual_optimizer=self.dual_optimizer,
+            method_options=self._method_options(method),
         )
+
+    def _method_options(self, method: str) -> dict[str, Any]:
+        if method == "nft":
+            return {}
+        options = dict(self.method_options) if method.startswith("ceag") else {}
+        if self.max_multiplier_sum is not None:
+            options["max_multiplier_sum"] = self.max_multiplier_sum
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

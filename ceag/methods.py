@@ -122,18 +122,37 @@ class BufferEstimate(NamedTuple):
     constraint: Tensor
 
 
-def primal_group_weights(coef: Tensor, count: Tensor) -> Tensor:
-    """w_g = (1 − C_B)/N + c_g/n_g for groups in the batch, 0 for absent ones.
+#: The primal objectives of a constrained method (see :func:`primal_group_weights`).
+PRIMALS = ("paper", "positive", "normalized")
+#: How CEAG's multipliers enter the primal: λ_g as is ("absolute", the paper), or times the
+#: group's share of the batch ("share": w_g = (1 + λ_g)/N before normalisation).
+MULTIPLIER_SCALES = ("absolute", "share")
+
+
+def primal_group_weights(coef: Tensor, count: Tensor, primal: str = "paper") -> Tensor:
+    """Per-group sample weights w_g of the primal objective Σ_g w_g loss_sum_g (0 for absent groups).
 
     ``coef`` [G] holds c_g (λ_g for CEAG), ``count`` [G] the batch counts n_g; C_B is the sum
-    of c_g over groups in the batch and N = Σ n_g. Then Σ_g w_g loss_sum_g = L_B + Σ_{g∈B}
-    c_g (L_g,B − L_B). No host synchronisation.
+    of c_g over groups in the batch and N = Σ n_g. No host synchronisation.
+
+    - ``"paper"``: w_g = (1 − C_B)/N + c_g/n_g, so Σ_g w_g loss_sum_g = L_B + Σ_{g∈B} c_g
+      (L_g,B − L_B): the gradient of the Lagrangian. Once C_B > 1 the average loss has a
+      negative weight and the step pushes it *up*.
+    - ``"positive"``: w_g = 1/N + c_g/n_g, i.e. L_B + Σ c_g L_g,B: the same surrogate with a
+      stop-gradient on its average-loss term, so every weight is > 0 for c ≥ 0.
+    - ``"normalized"``: the positive weights divided by their total 1 + C_B (Σ_g n_g w_g = 1):
+      the same direction as ``"positive"``, at the step size of the plain mean loss.
     """
+    if primal not in PRIMALS:
+        raise ValueError(f"primal must be one of {', '.join(PRIMALS)}; got {primal!r}")
     present = count > 0
     cnt = count.to(coef.dtype)
     n = cnt.sum().clamp_min(1)
     c = torch.where(present, coef, torch.zeros_like(coef))
-    w = (1 - c.sum()) / n + c / cnt.clamp_min(1)
+    total = c.sum()
+    w = ((1 - total) if primal == "paper" else 1.0) / n + c / cnt.clamp_min(1)
+    if primal == "normalized":
+        w = w / (1 + total)
     return torch.where(present, w, torch.zeros_like(w))
 
 
@@ -331,15 +350,66 @@ class GroupConstraintProblem(cooper.ConstrainedMinimizationProblem):
 # ---------------------------------------------------------------------------------------
 
 
+class PI(torch.optim.Optimizer):
+    r"""Dense PI controller on the multipliers: Cooper's nuPI for sparse errors, without a host sync.
+
+    ``step(observed)`` reads the error e (the violation) from ``p.grad`` and updates only the
+    entries where ``observed`` is True; for such an entry g (signs for ``maximize=True``)::
+
+        λ_g ← λ_g + η (K_I e_g + K_P (1 − ν)(e_g − ξ_g))      (no K_P term the first time g is observed)
+        ξ_g ← ν ξ_g + (1 − ν) e_g
+
+    ξ is a per-entry moving average of the error (ξ = 0 before the first observation), so the
+    K_P term reacts to the change of a group's error since it was last observed. With K_P = 0
+    and K_I = 1 this is SGD. The same update as :class:`cooper.optim.nuPI` (``init_type=SGD``)
+    with a sparse gradient on the observed entries (tested equal), but as O(G) masked vector
+    work instead of a ``nonzero`` (a host sync) and sparse tensors per step. The projection
+    onto λ ≥ 0 is the multiplier's ``post_step_``.
+    """
+
+    def __init__(self, params, lr: float, Kp: float = 0.0, Ki: float = 1.0, ema_nu: float = 0.0, maximize: bool = True):
+        for name, value in (("lr", lr), ("Kp", Kp), ("Ki", Ki)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"PI {name} must be a finite number >= 0, got {value}")
+        if not 0.0 <= ema_nu < 1.0:
+            raise ValueError(f"PI ema_nu must be in [0, 1), got {ema_nu}")
+        super().__init__(params, dict(lr=lr, Kp=Kp, Ki=Ki, ema_nu=ema_nu, maximize=maximize))
+
+    @torch.no_grad()
+    def step(self, observed: Tensor | None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            lr, kp, ki, nu = group["lr"], group["Kp"], group["Ki"], group["ema_nu"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                e = p.grad
+                mask = torch.ones_like(e, dtype=torch.bool) if observed is None else observed.view_as(e)
+                state = self.state[p]
+                if not state:
+                    state["xi"] = torch.zeros_like(p)
+                    state["seen"] = torch.zeros_like(p, dtype=torch.bool)
+                xi, seen = state["xi"], state["seen"]
+                update = ki * e + torch.where(seen, kp * (1 - nu) * (e - xi), torch.zeros_like(e))
+                p.add_(torch.where(mask, update, torch.zeros_like(update)), alpha=lr if group["maximize"] else -lr)
+                xi.copy_(torch.where(mask, nu * xi + (1 - nu) * e, xi))
+                seen.logical_or_(mask)
+
+
+#: Dual optimizers by name (a callable building a torch optimizer is accepted too).
+DUAL_OPTIMIZERS = ("sgd", "pi", "nupi")
+
+
 def _make_dual_optimizer(kind, params, lr: float, kwargs: dict) -> torch.optim.Optimizer:
     if callable(kind) and not isinstance(kind, str):
         opt = kind(params, lr=lr, **kwargs)
     elif kind == "sgd":
         opt = torch.optim.SGD(params, lr=lr, maximize=True, **kwargs)
+    elif kind == "pi":
+        opt = PI(params, lr=lr, maximize=True, **kwargs)
     elif kind == "nupi":
         opt = cooper.optim.nuPI(params, lr=lr, maximize=True, **kwargs)
     else:
-        raise ValueError(f"dual_optimizer must be 'sgd', 'nupi' or a callable(params, lr=...), got {kind!r}")
+        raise ValueError(f"dual_optimizer must be 'sgd', 'pi', 'nupi' or a callable(params, lr=...), got {kind!r}")
     if not isinstance(opt, torch.optim.Optimizer):
         raise TypeError(f"dual_optimizer must build a torch.optim.Optimizer, got {type(opt).__name__}")
     if not all(g.get("maximize", False) for g in opt.param_groups):
@@ -358,8 +428,9 @@ class ConstrainedMethod(Method):
         num_groups: G.
         tolerance: ε >= 0 of the constraints.
         dual_lr: η_λ > 0 (default 1e-3; the paper used 1e-4 to 1e-2).
-        dual_optimizer: "sgd" (default, no momentum), "nupi" (Cooper's nuPI; its gains go in
-            ``dual_optimizer_kwargs``, e.g. ``{"Kp": 1.0, "Ki": 1.0}``) or a callable
+        dual_optimizer: "sgd" (default, no momentum), "pi" (:class:`PI`, a dense PI controller;
+            its gains go in ``dual_optimizer_kwargs``, e.g. ``{"Kp": 2.0, "Ki": 1.0}``), "nupi"
+            (Cooper's nuPI, the same update through sparse gradients) or a callable
             ``(params, lr=..., **kwargs) -> Optimizer`` built with ``maximize=True``.
         buffer_size: k >= 1 entries per group's replay buffer; None for mini-batch estimates.
         active: whether constraints act from the start (toggle :attr:`active` when the GMP
@@ -377,6 +448,8 @@ class ConstrainedMethod(Method):
 
     constraint_type = cooper.ConstraintType.INEQUALITY
     buffer_dtype = torch.bool
+    #: The primal objective (:func:`primal_group_weights`); CEAG lets the user choose it.
+    primal = "paper"
 
     def __init__(
         self,
@@ -552,7 +625,7 @@ class ConstrainedMethod(Method):
 
         lam = self.multiplier.weight.detach().view(-1)
         coef = self._primal_coefficients(out, lam).to(out.loss_sum.dtype)
-        w = primal_group_weights(coef, out.count)
+        w = primal_group_weights(coef, out.count, self.primal)
         loss = (out.loss_sum * w).sum()
         cnt = out.count.to(out.loss_sum.dtype)
         mean_loss = out.loss_sum.detach().sum() / cnt.sum().clamp_min(1)
@@ -599,6 +672,10 @@ class ConstrainedMethod(Method):
             # stateless SGD (unobserved groups get 0 and stay put), ~0.5 ms less per step.
             weight.grad = torch.where(observed, violation, 0.0).to(weight.dtype).view_as(weight)
             self.dual_optimizer.step()
+            stepped = True
+        elif isinstance(self.dual_optimizer, PI):
+            weight.grad = torch.where(observed, violation, 0.0).to(weight.dtype).view_as(weight)
+            self.dual_optimizer.step(observed)
             stepped = True
         else:
             idx = observed.nonzero().view(-1)
@@ -734,7 +811,23 @@ class CEAG(ConstrainedMethod):
 
     name = "ceag"
 
-    def __init__(self, num_groups: int, dense: GroupStats, *, tolerance: float = 0.01, buffer_size: int | None = 40, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_groups: int,
+        dense: GroupStats,
+        *,
+        tolerance: float = 0.01,
+        buffer_size: int | None = 40,
+        primal: str = "paper",
+        multiplier_scale: str = "absolute",
+        **kwargs: Any,
+    ) -> None:
+        if primal not in PRIMALS:
+            raise ValueError(f"primal must be one of {', '.join(PRIMALS)}; got {primal!r}")
+        if multiplier_scale not in MULTIPLIER_SCALES:
+            raise ValueError(f"multiplier_scale must be one of {', '.join(MULTIPLIER_SCALES)}; got {multiplier_scale!r}")
+        self.primal = primal
+        self.multiplier_scale = multiplier_scale
         if not isinstance(dense, GroupStats):
             raise TypeError(f"dense must be a ceag.metrics.GroupStats, got {type(dense).__name__}")
         if dense.num_groups != num_groups:
@@ -783,7 +876,11 @@ class CEAG(ConstrainedMethod):
         return psi - self.tolerance, observed
 
     def _primal_coefficients(self, out, lam):
-        return lam
+        if self.multiplier_scale == "absolute":
+            return lam
+        # "share": c_g = λ_g n_g / N, so w_g = (1 + λ_g)/N: λ_g is group g's relative up-weighting.
+        cnt = out.count.to(lam.dtype)
+        return lam * cnt / cnt.sum().clamp_min(1)
 
     def _surrogate(self, out):
         """ψ̃_g = [L_g,B − L_g(θ_d)] − [L_B − L(θ_d)] for groups in the batch."""

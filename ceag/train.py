@@ -62,7 +62,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ceag.methods import ConstrainedMethod, Method, build_method
+from ceag.methods import DUAL_OPTIMIZERS, ConstrainedMethod, Method, build_method
 from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
 from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, sparsity_report
 
@@ -202,8 +202,8 @@ class TrainConfig:
         if self.method in ("ceag", "el_rb") and self.buffer_size is None:
             bad("buffer_size", f"must be set for method {self.method!r} (use 'ceag_batch' for none)")
         real("dual_lr", 0.0, lo_open=True)
-        if not isinstance(self.dual_optimizer, str) or self.dual_optimizer not in ("sgd", "nupi"):
-            bad("dual_optimizer", "must be 'sgd' or 'nupi'")
+        if not isinstance(self.dual_optimizer, str) or self.dual_optimizer not in DUAL_OPTIMIZERS:
+            bad("dual_optimizer", f"must be one of {', '.join(DUAL_OPTIMIZERS)}")
         for name in ("dense_epochs", "pruning_epochs", "mitigation_epochs"):
             integer(name, 0)
         integer("pruning_frequency", 1)

@@ -422,3 +422,108 @@ def test_direct_sgd_dual_step_equals_cooper_lagrangian_path(make, monkeypatch):
             via_cooper.step(*_batch(seed=s))
         torch.testing.assert_close(direct.multipliers, via_cooper.multipliers, rtol=1e-6, atol=1e-7)
     assert direct.multipliers.abs().sum() > 0
+
+
+# -- the levers of issue 11: primal objective, multiplier scale, PI dual -------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_primal_weights_positive_and_normalized(seed):
+    gen = torch.Generator().manual_seed(seed)
+    count = torch.tensor([5, 0, 30, 1, 64, 0], dtype=torch.float64)
+    coef = 3.0 * torch.rand(G, generator=gen, dtype=torch.float64)  # Σλ far past 1
+    coef[2] = 0.0  # a group whose own constraint is satisfied
+    present = count > 0
+    n = count.sum()
+    paper = primal_group_weights(coef, count, "paper")
+    positive = primal_group_weights(coef, count, "positive")
+    normalized = primal_group_weights(coef, count, "normalized")
+    c_b = coef[present].sum()
+    torch.testing.assert_close(paper[present], (1 - c_b) / n + coef[present] / count[present])
+    assert c_b > 1 and paper[2] < 0  # past Σλ = 1 the paper's objective rewards a higher loss on g
+    torch.testing.assert_close(positive[present], 1 / n + coef[present] / count[present])
+    assert bool((positive[present] > 0).all()) and bool((normalized[present] > 0).all())
+    torch.testing.assert_close((normalized * count).sum(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(normalized, positive / (1 + c_b))  # same direction, unit mass
+    for w in (paper, positive, normalized):
+        assert bool((w[~present] == 0).all())
+    with pytest.raises(ValueError, match="primal"):
+        primal_group_weights(coef, count, "dual")
+
+
+@pytest.mark.parametrize("primal", ["paper", "positive", "normalized"])
+def test_ceag_primal_objective_of_each_formulation(primal):
+    """loss = Σ_i w_{g_i} CE_i with the weights of ``primal`` and the multipliers after the dual step."""
+    dense = _dense()
+    method = CEAG(G, dense, buffer_size=None, dual_lr=0.5, primal=primal, multiplier_sum_warning=None)
+    _set_multipliers(method, [0.4, 0.9, 0.0, 0.3, 0.7, 0.2])
+    logits, target, group = _batch()
+    out = method.step(logits, target, group)
+    count = torch.bincount(group, minlength=G).to(torch.float64)
+    lam = out.multipliers.to(torch.float64)
+    w = primal_group_weights(lam, count, primal)
+    expected = (F.cross_entropy(logits, target, reduction="none") * w[group]).sum()
+    torch.testing.assert_close(out.loss, expected)
+    if primal != "paper":
+        assert bool((out.group_weight[count > 0] > 0).all())
+
+
+def test_share_scale_weights_are_relative_upweighting():
+    """multiplier_scale="share": w_g = (1 + λ_g)/N (positive), λ_g = relative up-weighting of g."""
+    method = CEAG(G, _dense(), buffer_size=None, primal="positive", multiplier_scale="share", dual_lr=1e-9)
+    lam = torch.tensor([0.5, 2.0, 0.0, 1.0, 3.0, 0.1])
+    _set_multipliers(method, lam)
+    logits, target, group = _batch()
+    out = method.step(logits, target, group)
+    present = torch.bincount(group, minlength=G) > 0
+    n = group.numel()
+    torch.testing.assert_close(out.group_weight[present], ((1 + out.multipliers) / n)[present].to(out.group_weight.dtype))
+
+
+def test_bad_formulation_names_the_argument():
+    for kwargs, name in (({"primal": "dual"}, "primal"), ({"multiplier_scale": "log"}, "multiplier_scale")):
+        with pytest.raises(ValueError, match=name):
+            CEAG(G, _dense(), **kwargs)
+    with pytest.raises(ValueError, match="Kp"):
+        CEAG(G, _dense(), dual_optimizer="pi", dual_optimizer_kwargs={"Kp": -1.0})
+
+
+@pytest.mark.parametrize("kp, ki, nu", [(2.0, 1.0, 0.0), (0.0, 1.0, 0.0), (1.0, 0.5, 0.3), (5.0, 0.2, 0.9)])
+def test_pi_equals_coopers_nupi_with_sparse_errors(kp, ki, nu):
+    """The dense masked PI update is Cooper's nuPI (SGD init) on the observed entries, projection included."""
+    import cooper
+
+    gen = torch.Generator().manual_seed(int(kp * 10 + nu * 100))
+    n = 9
+    a, b = torch.nn.Parameter(torch.zeros(n)), torch.nn.Parameter(torch.zeros(n))
+    ours = methods_module.PI([a], lr=0.1, Kp=kp, Ki=ki, ema_nu=nu)
+    theirs = cooper.optim.nuPI([b], lr=0.1, Kp=kp, Ki=ki, ema_nu=nu, maximize=True)
+    for _ in range(60):
+        err = torch.randn(n, generator=gen)
+        observed = torch.rand(n, generator=gen) < 0.4
+        a.grad = torch.where(observed, err, 0.0)
+        ours.step(observed)
+        idx = observed.nonzero().view(-1)
+        if idx.numel():
+            b.grad = torch.sparse_coo_tensor(idx[None], err[idx], size=(n,))
+            theirs.step()
+        with torch.no_grad():
+            a.clamp_(min=0)
+            b.clamp_(min=0)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert float(a.sum()) > 0
+
+
+def test_ceag_pi_dual_matches_nupi_path_and_unobserved_groups_stay():
+    """CEAG with dual_optimizer="pi" takes the same multipliers as with Cooper's nuPI."""
+    kw = dict(buffer_size=3, dual_lr=0.3, multiplier_sum_warning=None, dual_optimizer_kwargs={"Kp": 2.0, "Ki": 1.0})
+    pi = CEAG(G, _dense(), dual_optimizer="pi", **kw)
+    nupi = CEAG(G, _dense(), dual_optimizer="nupi", **kw)
+    for s in range(10):
+        before = pi.multipliers
+        out = pi.step(*_batch(seed=s))
+        nupi.step(*_batch(seed=s))
+        torch.testing.assert_close(pi.multipliers, nupi.multipliers, rtol=1e-6, atol=1e-7)
+        unobserved = torch.isnan(out.violation)
+        assert torch.equal(pi.multipliers[unobserved], before[unobserved])
+    assert float(pi.multipliers.sum()) > 0
