@@ -20,7 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ceag.methods.constrained
+import ceag.methods.buffers
 from ceag.methods import build_method
 from ceag.metrics import GroupStats
 
@@ -51,7 +51,7 @@ def _case(impl: str, G: int):
 def test_method_step(benchmark, monkeypatch, G: str, impl: str):
     num_groups = int(G)
     if impl == "ceag-recount":
-        monkeypatch.setattr(ceag.methods.constrained, "_INCREMENTAL_SUMS_RATIO", 10**12)
+        monkeypatch.setattr(ceag.methods.buffers, "_INCREMENTAL_SUMS_RATIO", 10**12)
     method, logits, target, group = _case(impl, num_groups)
 
     def step():

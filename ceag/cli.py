@@ -41,6 +41,7 @@ def _fraction(text: str) -> float:
 
 def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     from ceag.experiment import ExperimentConfig
+    from ceag.methods import METHODS
 
     d = ExperimentConfig.__dataclass_fields__
     default = lambda name: d[name].default  # noqa: E731
@@ -57,7 +58,8 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
 
     g = p.add_argument_group("methods")
     if grid == "run":
-        g.add_argument("--method", default="ceag", help="nft, el, el_rb, ceag or ceag_batch (default ceag)")
+        *others, last = METHODS
+        g.add_argument("--method", default="ceag", help=f"{', '.join(others)} or {last} (default ceag)")
         g.add_argument("--sparsity", type=_fraction, default=0.9, help="final sparsity, e.g. 0.9 or 90%% (default 0.9)")
         g.add_argument("--seed", type=int, default=0)
     else:

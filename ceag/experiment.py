@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
+from ceag.methods import METHODS
 from ceag.metrics import disparity
 from ceag.models import ARCHITECTURES, build_model
 from ceag.train import (
@@ -67,7 +68,7 @@ __all__ = [
     "run_experiment",
 ]
 
-METHOD_LABELS = {"nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_batch": "CEAG (no buffers)"}
+METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 _DENSE_OPTIMIZERS = ("adam", "sgd")
 #: η_λ = DUAL_LR_PER_GROUPS / G when ExperimentConfig.dual_lr is None.
 DUAL_LR_PER_GROUPS = 0.4
@@ -227,7 +228,8 @@ class ExperimentConfig:
         )
 
     def _method_options(self, method: str) -> dict[str, Any]:
-        if method == "nft":
+        spec = METHODS.get(method)
+        if spec is not None and not spec.constrained:  # unknown names fail in TrainConfig
             return {}
         options = dict(self.method_options) if method.startswith("ceag") else {}
         if self.max_multiplier_sum is not None:
@@ -667,7 +669,7 @@ def write_plots(result: ExperimentResult) -> list[Path]:
             written.append(plots.disparity_over_training(histories, eps, folder / f"psi_over_training-{split}-{tag}.png", split=split))
         for m in cfg.methods:
             first = next((r for r in runs if r.method == m), None)
-            if first is None or m == "nft":
+            if first is None or not METHODS[m].constrained:
                 continue
             rows = [h for h in first.history if "multipliers" in h]
             if rows:

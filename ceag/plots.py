@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ceag.methods import METHODS
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from matplotlib.axes import Axes
@@ -56,13 +58,9 @@ PP = 100.0  # fraction -> percentage points
 # Method styles
 # ---------------------------------------------------------------------------------------
 
-# Okabe–Ito colour-blind-safe palette for the known methods; key -> (display name, colour, marker).
+# The registry's methods; key -> (display name, colour, marker).
 _KNOWN_METHODS: dict[str, tuple[str, str, str]] = {
-    "nft": ("NFT", "#E69F00", "s"),
-    "el": ("EL", "#56B4E9", "^"),
-    "el_rb": ("EL+RB", "#009E73", "D"),
-    "ceag": ("CEAG", "#0072B2", "o"),
-    "ceag_batch": ("CEAG-batch", "#CC79A7", "v"),
+    name: (spec.plot_label, spec.color, spec.marker) for name, spec in METHODS.items()
 }
 _EXTRA_COLOURS = ("#D55E00", "#000000", "#8C564B", "#9467BD", "#7F7F7F", "#BCBD22", "#17BECF", "#E377C2")
 _EXTRA_MARKERS = ("P", "X", "*", "h", "<", ">", "p", "d")

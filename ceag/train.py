@@ -62,7 +62,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ceag.methods import DUAL_OPTIMIZERS, ConstrainedMethod, Method, build_method
+from ceag.methods import DUAL_OPTIMIZERS, METHODS, ConstrainedMethod, Method, build_method
 from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
 from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, sparsity_report
 
@@ -79,7 +79,7 @@ __all__ = [
     "train",
 ]
 
-METHOD_NAMES = ("nft", "el", "el_rb", "ceag", "ceag_batch")
+METHOD_NAMES = tuple(METHODS)
 CHECKPOINT_NAME = "last.ckpt"
 PREVIOUS_CHECKPOINT_NAME = "prev.ckpt"
 NONFINITE_ACTIONS = ("stop", "skip")
@@ -199,7 +199,7 @@ class TrainConfig:
             bad("method", f"must be one of {', '.join(METHOD_NAMES)}")
         real("tolerance", 0.0)
         integer("buffer_size", 1, allow_none=True)
-        if self.method in ("ceag", "el_rb") and self.buffer_size is None:
+        if METHODS[self.method].uses_buffers and self.buffer_size is None:
             bad("buffer_size", f"must be set for method {self.method!r} (use 'ceag_batch' for none)")
         real("dual_lr", 0.0, lo_open=True)
         if not isinstance(self.dual_optimizer, str) or self.dual_optimizer not in DUAL_OPTIMIZERS:
@@ -249,10 +249,11 @@ class TrainConfig:
     def method_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`ceag.methods.build_method` for this config."""
         kw: dict[str, Any] = {}
-        if self.method != "nft":
+        spec = METHODS[self.method]
+        if spec.constrained:
             kw.update(tolerance=self.tolerance, dual_lr=self.dual_lr, dual_optimizer=self.dual_optimizer)
             kw["active"] = self.constraints_during_pruning
-        if self.method in ("ceag", "el_rb"):
+        if spec.uses_buffers:
             kw["buffer_size"] = self.buffer_size
         kw.update(self.method_options)
         return kw
@@ -569,7 +570,7 @@ class Trainer:
     def _build_method(self) -> Method:
         assert self.dense_stats is not None
         kwargs = self.config.method_kwargs()
-        if self.config.method != "nft" and self.config.constrain_min_count > 0:
+        if METHODS[self.config.method].constrained and self.config.constrain_min_count > 0:
             kwargs["constrained"] = self.dense_stats.count >= self.config.constrain_min_count
         return build_method(self.config.method, self.config.num_groups, dense=self.dense_stats, device=self.device, **kwargs)
 

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import ceag.methods as methods_module
+import ceag.methods.buffers
 import ceag.methods.constrained
+import ceag.methods.dual
 from ceag.methods import CEAG, EL, ELRB, NFT, build_method, primal_group_weights
 from ceag.metrics import GroupStats
 
@@ -219,7 +221,7 @@ def test_cached_buffer_sums_follow_every_write(make, backend, incremental, monke
     # With many groups per batch sample the per-group sums are updated only for the groups a
     # step touches; any other write to the buffer (load_state_dict, a direct copy) must force
     # a full recount. With few, every read recounts.
-    monkeypatch.setattr(ceag.methods.constrained, "_INCREMENTAL_SUMS_RATIO", 0 if incremental else 10**9)
+    monkeypatch.setattr(ceag.methods.buffers, "_INCREMENTAL_SUMS_RATIO", 0 if incremental else 10**9)
     method = make(buffer_size=3, dual_lr=0.1, multiplier_sum_warning=None, backend=backend)
     other = make(buffer_size=3, dual_lr=0.1, multiplier_sum_warning=None, backend=backend)
     full = lambda m: m.buffer.sum(dim=1, dtype=torch.float64)  # noqa: E731
@@ -412,7 +414,7 @@ def test_build_method_names():
 def test_direct_sgd_dual_step_equals_cooper_lagrangian_path(make, monkeypatch):
     """The stateless-SGD shortcut gives exactly the update of Cooper's dual-Lagrangian backward."""
     direct = make()
-    assert ceag.methods.constrained._is_stateless_sgd(direct.dual_optimizer)
+    assert ceag.methods.dual._is_stateless_sgd(direct.dual_optimizer)
     via_cooper = make()
     for s in range(6):
         direct.step(*_batch(seed=s))

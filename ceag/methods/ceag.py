@@ -1,0 +1,122 @@
+"""CEAG: constrained excess accuracy gaps, ψ_g ≤ ε per group, with or without replay buffers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ceag.methods.base import PRIMALS
+from ceag.methods.buffers import BufferEstimate, estimate_overall
+from ceag.methods.constrained import ConstrainedMethod
+from ceag.metrics import GroupStats
+
+__all__ = ["CEAG", "MULTIPLIER_SCALES"]
+
+
+#: How CEAG's multipliers enter the primal: λ_g as is ("absolute", the paper), or times the
+#: group's share of the batch ("share": w_g = (1 + λ_g)/N before normalisation).
+MULTIPLIER_SCALES = ("absolute", "share")
+
+
+class CEAG(ConstrainedMethod):
+    """Constrained excess accuracy gaps: ψ_g ≤ ε for every group (ALGORITHM.md).
+
+    Args:
+        num_groups: G.
+        dense: the dense model's *train-set* :class:`~ceag.metrics.GroupStats` (from
+            :func:`ceag.metrics.dense_reference`): accuracies, losses and group shares p_g.
+        tolerance: ε (default 0.01).
+        buffer_size: k (default 40), or None for CEAG without replay buffers (the dual step
+            then uses the mini-batch accuracies of the groups in the batch).
+        Other keywords: see :class:`ConstrainedMethod`.
+
+    Dual violation with buffers: Â_g = buffer mean, available when the buffer is full and
+    the group has dense samples; Â = Σ p_g Â_g / Σ p_g and Â^d = Σ p_g A_g(θ_d) / Σ p_g over
+    the *same* available groups (Â^d = A(θ_d) once every group is available; restricting it
+    keeps ψ̂ unbiased while some buffers are still filling, or never fill); ψ̂_g = (A_g(θ_d) −
+    Â_g) − (Â^d − Â). Without buffers: A_g,B and A_B of the batch, the dense reference on
+    the same group mix Σ n_g A_g(θ_d) / N.
+    """
+
+    name = "ceag"
+
+    def __init__(
+        self,
+        num_groups: int,
+        dense: GroupStats,
+        *,
+        tolerance: float = 0.01,
+        buffer_size: int | None = 40,
+        primal: str = "paper",
+        multiplier_scale: str = "absolute",
+        **kwargs: Any,
+    ) -> None:
+        if primal not in PRIMALS:
+            raise ValueError(f"primal must be one of {', '.join(PRIMALS)}; got {primal!r}")
+        if multiplier_scale not in MULTIPLIER_SCALES:
+            raise ValueError(f"multiplier_scale must be one of {', '.join(MULTIPLIER_SCALES)}; got {multiplier_scale!r}")
+        self.primal = primal
+        self.multiplier_scale = multiplier_scale
+        if not isinstance(dense, GroupStats):
+            raise TypeError(f"dense must be a ceag.metrics.GroupStats, got {type(dense).__name__}")
+        if dense.num_groups != num_groups:
+            raise ValueError(f"dense has {dense.num_groups} groups, expected num_groups={num_groups}")
+        if dense.total == 0:
+            raise ValueError("dense has no samples")
+        super().__init__(num_groups, tolerance=tolerance, buffer_size=buffer_size, **kwargs)
+        self.dense = dense.cpu()
+        self._move_constants(self.device)
+
+    def _move_constants(self, device: torch.device) -> None:
+        d = self.dense
+        self._dense_known = (d.count > 0).to(device)
+        self._dense_acc = torch.nan_to_num(d.accuracy, nan=0.0).to(device)
+        self._dense_loss = torch.nan_to_num(d.loss, nan=0.0).to(device)
+        self._dense_overall_loss = torch.tensor(d.overall_loss, dtype=torch.float64, device=device)
+        self._shares = d.shares.to(device)
+
+    def _buffer_values(self, out, logits, target):
+        return out.sample_correct
+
+    def estimates(self) -> BufferEstimate:
+        if not self.uses_buffers:
+            raise RuntimeError("CEAG built with buffer_size=None has no replay buffers")
+        sums, fills = self._buffer_sums()
+        k = self.buffer_size * self._world_size()
+        available = (fills >= k) & self._dense_known
+        acc = torch.where(available, sums / k, torch.nan)
+        overall = estimate_overall(acc, available, self._shares)
+        dense_overall = estimate_overall(self._dense_acc, available, self._shares)
+        psi = (self._dense_acc - acc) - (dense_overall - overall)
+        return BufferEstimate(acc, available, overall, torch.where(available, psi, torch.nan))
+
+    def _buffer_violation(self, est):
+        return est.constraint - self.tolerance
+
+    def _batch_violation(self, out):
+        stats = self._all_reduce(torch.stack([out.correct.to(torch.float64), out.count.to(torch.float64)]))
+        correct, count = stats[0], stats[1]
+        observed = (count > 0) & self._dense_known
+        acc = correct / count.clamp_min(1)
+        n = count.sum().clamp_min(1)
+        overall = correct.sum() / n
+        dense_overall = (count * self._dense_acc).sum() / n
+        psi = (self._dense_acc - acc) - (dense_overall - overall)
+        return psi - self.tolerance, observed
+
+    def _primal_coefficients(self, out, lam):
+        if self.multiplier_scale == "absolute":
+            return lam
+        # "share": c_g = λ_g n_g / N, so w_g = (1 + λ_g)/N: λ_g is group g's relative up-weighting.
+        cnt = out.count.to(lam.dtype)
+        return lam * cnt / cnt.sum().clamp_min(1)
+
+    def _surrogate(self, out):
+        """ψ̃_g = [L_g,B − L_g(θ_d)] − [L_B − L(θ_d)] for groups in the batch."""
+        loss_sum = out.loss_sum.detach().to(torch.float64)
+        cnt = out.count.to(torch.float64)
+        lb = loss_sum.sum() / cnt.sum().clamp_min(1)
+        lg = loss_sum / cnt.clamp_min(1)
+        s = (lg - self._dense_loss) - (lb - self._dense_overall_loss)
+        return torch.where(out.count > 0, s, torch.nan)
