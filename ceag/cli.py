@@ -77,6 +77,17 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     g.add_argument(
         "--constrain-min-count", type=int, default=0, help="leave groups with fewer training samples unconstrained (default 0: none)"
     )
+    g.add_argument(
+        "--primal", default=default("primal"), choices=("paper", "positive", "normalized"),
+        help="CEAG's primal objective (default positive: no negative sample weights; paper: the "
+        "paper's Lagrangian; the method ceag_paper is the paper's formulation whatever this says)",
+    )  # fmt: skip
+    g.add_argument("--multiplier-scale", default=default("multiplier_scale"), choices=("absolute", "share"),
+                   help="CEAG: λ_g as the paper (absolute, default) or times the group's batch share")  # fmt: skip
+    g.add_argument("--dual-optimizer", default=default("dual_optimizer"), choices=("sgd", "pi", "nupi"),
+                   help="CEAG's multiplier update: sgd (default), pi (dense PI controller) or nupi (Cooper's)")  # fmt: skip
+    g.add_argument("--dual-kp", type=float, default=default("dual_kp"), help="PI proportional gain K_P (default 0)")
+    g.add_argument("--dual-ki", type=float, default=default("dual_ki"), help="PI integral gain K_I (default 1)")
     g.add_argument("--buffer-size", type=int, default=default("buffer_size"), help="replay buffer length k")
     g.add_argument("--min-count", type=int, default=default("min_count"), help="report ψ for groups with at least this many samples")
 
@@ -139,6 +150,11 @@ def _config(args: argparse.Namespace, grid: str):
         dual_lr=args.dual_lr,
         max_multiplier_sum=args.max_multiplier_sum,
         constrain_min_count=args.constrain_min_count,
+        primal=args.primal,
+        multiplier_scale=args.multiplier_scale,
+        dual_optimizer=args.dual_optimizer,
+        dual_kp=args.dual_kp,
+        dual_ki=args.dual_ki,
         pruning_epochs=args.pruning_epochs,
         mitigation_epochs=args.mitigation_epochs,
         lr=args.lr,

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
-from ceag.methods import METHODS
+from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
 from ceag.metrics import disparity
 from ceag.models import ARCHITECTURES, build_model
 from ceag.train import (
@@ -68,6 +68,8 @@ __all__ = [
     "run_experiment",
 ]
 
+#: Methods whose formulation the experiment's primal / multiplier_scale / dual_* fields set.
+FORMULATION_METHODS = ("ceag", "ceag_batch")
 METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 _DENSE_OPTIMIZERS = ("adam", "sgd")
 #: η_λ = DUAL_LR_PER_GROUPS / G when ExperimentConfig.dual_lr is None.
@@ -112,8 +114,13 @@ class ExperimentConfig:
     dual_lr: float | None = None  # None: DUAL_LR_PER_GROUPS / G
     max_multiplier_sum: float | None = None
     constrain_min_count: int = 0
+    # CEAG's formulation (docs/method.md), for "ceag" and "ceag_batch"; "ceag_paper" is fixed.
+    primal: str = "positive"
+    multiplier_scale: str = "absolute"
     dual_optimizer: str = "sgd"
-    method_options: dict[str, Any] = field(default_factory=dict)
+    dual_kp: float = 0.0
+    dual_ki: float = 1.0
+    method_options: dict[str, Any] = field(default_factory=dict)  # more CEAG keywords, from Python
     pruning_epochs: int = 10
     mitigation_epochs: int = 20
     lr: float = 1e-2
@@ -177,6 +184,16 @@ class ExperimentConfig:
             raise ValueError(f"dense_lr must be > 0, got {self.dense_lr}")
         if self.dual_lr is not None and not (math.isfinite(self.dual_lr) and self.dual_lr > 0):
             raise ValueError(f"dual_lr must be > 0 (or None for {DUAL_LR_PER_GROUPS} / G), got {self.dual_lr}")
+        if self.primal not in PRIMALS:
+            raise ValueError(f"primal must be one of {', '.join(PRIMALS)}; got {self.primal!r}")
+        if self.multiplier_scale not in MULTIPLIER_SCALES:
+            raise ValueError(f"multiplier_scale must be one of {', '.join(MULTIPLIER_SCALES)}; got {self.multiplier_scale!r}")
+        if self.dual_optimizer not in DUAL_OPTIMIZERS:
+            raise ValueError(f"dual_optimizer must be one of {', '.join(DUAL_OPTIMIZERS)}; got {self.dual_optimizer!r}")
+        for name in ("dual_kp", "dual_ki"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.max_multiplier_sum is not None and not (math.isfinite(self.max_multiplier_sum) and self.max_multiplier_sum > 0):
             raise ValueError(f"max_multiplier_sum must be > 0 (or None), got {self.max_multiplier_sum}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
@@ -223,7 +240,6 @@ class ExperimentConfig:
             progress=self.progress,
             checkpoint_every_steps=self.checkpoint_every_steps,
             on_nonfinite=self.on_nonfinite,
-            dual_optimizer=self.dual_optimizer,
             method_options=self._method_options(method),
         )
 
@@ -231,7 +247,12 @@ class ExperimentConfig:
         spec = METHODS.get(method)
         if spec is not None and not spec.constrained:  # unknown names fail in TrainConfig
             return {}
-        options = dict(self.method_options) if method.startswith("ceag") else {}
+        options: dict[str, Any] = {}
+        if method in FORMULATION_METHODS:
+            options.update(primal=self.primal, multiplier_scale=self.multiplier_scale, dual_optimizer=self.dual_optimizer)
+            if self.dual_optimizer != "sgd":
+                options["dual_optimizer_kwargs"] = {"Kp": self.dual_kp, "Ki": self.dual_ki}
+            options.update(self.method_options)
         if self.max_multiplier_sum is not None:
             options["max_multiplier_sum"] = self.max_multiplier_sum
         return options

@@ -11,12 +11,14 @@ from ceag.methods.buffers import BufferEstimate, estimate_overall
 from ceag.methods.constrained import ConstrainedMethod
 from ceag.metrics import GroupStats
 
-__all__ = ["CEAG", "MULTIPLIER_SCALES"]
+__all__ = ["CEAG", "MULTIPLIER_SCALES", "PAPER_FORMULATION"]
 
 
 #: How CEAG's multipliers enter the primal: λ_g as is ("absolute", the paper), or times the
 #: group's share of the batch ("share": w_g = (1 + λ_g)/N before normalisation).
 MULTIPLIER_SCALES = ("absolute", "share")
+#: The paper's choices where CEAG's defaults depart from it (docs/method.md): method "ceag_paper".
+PAPER_FORMULATION = {"primal": "paper", "multiplier_scale": "absolute", "dual_optimizer": "sgd"}
 
 
 class CEAG(ConstrainedMethod):
@@ -29,6 +31,12 @@ class CEAG(ConstrainedMethod):
         tolerance: ε (default 0.01).
         buffer_size: k (default 40), or None for CEAG without replay buffers (the dual step
             then uses the mini-batch accuracies of the groups in the batch).
+        primal: the primal objective (:func:`~ceag.methods.primal_group_weights`). Default
+            "positive": the paper's surrogate with a stop-gradient on its average-loss term,
+            so no sample weight turns negative once Σλ > 1 (docs/method.md); "paper" is the
+            paper's Lagrangian gradient.
+        multiplier_scale: "absolute" (default, the paper: c_g = λ_g) or "share" (c_g =
+            λ_g n_g/N, λ_g a relative up-weighting; measured weaker, docs/method.md).
         Other keywords: see :class:`ConstrainedMethod`.
 
     Dual violation with buffers: Â_g = buffer mean, available when the buffer is full and
@@ -48,7 +56,7 @@ class CEAG(ConstrainedMethod):
         *,
         tolerance: float = 0.01,
         buffer_size: int | None = 40,
-        primal: str = "paper",
+        primal: str = "positive",
         multiplier_scale: str = "absolute",
         **kwargs: Any,
     ) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from ceag.methods.base import NFT, Method
-from ceag.methods.ceag import CEAG
+from ceag.methods.ceag import CEAG, PAPER_FORMULATION
 from ceag.methods.el import EL, ELRB
 from ceag.metrics import GroupStats
 
@@ -50,6 +50,15 @@ def _build_ceag_batch(num_groups: int, dense: GroupStats, **kwargs: Any) -> CEAG
     return CEAG(num_groups, dense, **kwargs)
 
 
+def _build_ceag_paper(num_groups: int, dense: GroupStats, **kwargs: Any) -> CEAG:
+    """CEAG exactly as the paper formulates it (ALGORITHM.md), for comparisons."""
+    for key, value in PAPER_FORMULATION.items():
+        if kwargs.get(key, value) != value:
+            raise ValueError(f"method 'ceag_paper' is the paper's formulation: {key} must be {value!r}, got {kwargs[key]!r}")
+        kwargs[key] = value
+    return CEAG(num_groups, dense, **kwargs)
+
+
 def _build_el_rb(num_groups: int, dense: GroupStats | None, *, group_shares: Tensor | None = None, **kwargs: Any) -> ELRB:
     if group_shares is None:
         if dense is None:
@@ -69,6 +78,8 @@ METHODS: dict[str, MethodSpec] = {
                    build=_build_el_rb),
         MethodSpec("ceag", "CEAG", "CEAG", "#0072B2", "o", constrained=True, uses_buffers=True, needs_dense=True,
                    build=lambda num_groups, dense, **kwargs: CEAG(num_groups, dense, **kwargs)),
+        MethodSpec("ceag_paper", "CEAG-paper", "CEAG-paper", "#D55E00", "X", constrained=True, uses_buffers=True,
+                   needs_dense=True, build=_build_ceag_paper),
         MethodSpec("ceag_batch", "CEAG (no buffers)", "CEAG-batch", "#CC79A7", "v", constrained=True,
                    uses_buffers=False, needs_dense=True, build=_build_ceag_batch),
     )
@@ -76,7 +87,8 @@ METHODS: dict[str, MethodSpec] = {
 
 
 def build_method(name: str, num_groups: int, *, dense: GroupStats | None = None, **kwargs: Any) -> Method:
-    """Build a method by name: "nft", "el", "el_rb", "ceag" (buffers) or "ceag_batch" (none).
+    """Build a method by name: "nft", "el", "el_rb", "ceag" (buffers), "ceag_paper" (the
+    paper's formulation, see :data:`ceag.methods.ceag.PAPER_FORMULATION`) or "ceag_batch" (none).
 
     ``dense`` (the dense train-set GroupStats) is required by CEAG; EL+RB takes its group
     shares from it unless ``group_shares`` is given.
