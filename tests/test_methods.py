@@ -56,9 +56,9 @@ def _psi_hat_batch(dense: GroupStats, logits, target, group):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ceag_primal_objective_is_the_per_sample_weighted_cross_entropy(seed):
+def test_ceag_paper_primal_objective_is_the_per_sample_weighted_cross_entropy(seed):
     dense = _dense(seed=seed)
-    method = CEAG(G, dense, tolerance=0.01, buffer_size=None, dual_lr=1e-3, multiplier_sum_warning=None)
+    method = CEAG(G, dense, tolerance=0.01, buffer_size=None, dual_lr=1e-3, primal="paper", multiplier_sum_warning=None)
     gen = torch.Generator().manual_seed(seed + 10)
     _set_multipliers(method, 0.2 * torch.rand(G, generator=gen))
     logits, target, group = _batch(seed=seed)
@@ -146,7 +146,7 @@ def test_inactive_method_is_nft_and_leaves_multipliers(cls_kwargs):
 
 
 def test_max_multiplier_sum_and_warning():
-    method = CEAG(G, _dense(), buffer_size=None, dual_lr=10.0, max_multiplier_sum=0.5, multiplier_sum_warning=0.4)
+    method = CEAG(G, _dense(), buffer_size=None, dual_lr=10.0, max_multiplier_sum=0.5, multiplier_sum_warning=0.4, primal="paper")
     logits, target, group = _batch()
     with pytest.warns(RuntimeWarning, match="multipliers sum"):
         method.step(logits, target, group)
@@ -155,6 +155,17 @@ def test_max_multiplier_sum_and_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         method.step(logits, target, group)
+
+
+def test_no_multiplier_sum_warning_without_a_sign_flip():
+    """The positive primal has no sign flip at Σλ = 1: no warning, however large Σλ grows."""
+    method = CEAG(G, _dense(), buffer_size=None, dual_lr=10.0, multiplier_sum_warning=0.4)
+    assert method.primal == "positive"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for s in range(3):
+            method.step(*_batch(seed=s))
+    assert float(method.multipliers.sum()) > 1
 
 
 @pytest.mark.parametrize("make", [lambda **k: CEAG(G, _dense(), **k), lambda **k: ELRB(G, _dense().shares, **k)])

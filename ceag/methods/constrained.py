@@ -46,7 +46,8 @@ class ConstrainedMethod(Method):
         constrained: bool [G], the groups whose constraint is enforced (None: all); the
             others keep λ_g = 0. Use it to leave out groups too small to estimate (a group of
             10 samples moves ψ_g by 10 points per sample, and its multiplier grows unchecked).
-        multiplier_sum_warning: warn when Σ_g |λ_g| reaches this (None: never).
+        multiplier_sum_warning: warn when Σ_g |λ_g| reaches this (None: never); only with the
+            paper's primal objective, whose average-loss weight turns negative at Σλ = 1.
         process_group: with torch.distributed initialised, the statistics behind the dual
             step (buffer sums and fills, or batch loss sums / counts) are all-reduced over
             this group (None: the default group) so every rank takes the same dual step;
@@ -301,7 +302,9 @@ class ConstrainedMethod(Method):
         return violation
 
     def _check_multiplier_sum(self) -> None:
-        if self.multiplier_sum_warning is None:
+        # Only the paper's objective has a sign flip at Σλ = 1; the others need no check (and
+        # no host sync per step for it).
+        if self.multiplier_sum_warning is None or self.primal != "paper":
             return
         total = float(self.multiplier.weight.detach().abs().sum())
         if total >= self.multiplier_sum_warning and not self._warned:

@@ -19,12 +19,14 @@ def _dense() -> GroupStats:
 
 
 def test_names_and_labels_are_today_s():
-    assert tuple(METHODS) == ("nft", "el", "el_rb", "ceag", "ceag_batch")
+    assert tuple(METHODS) == ("nft", "el", "el_rb", "ceag", "ceag_paper", "ceag_batch")
     assert {n: s.label for n, s in METHODS.items()} == {
-        "nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_batch": "CEAG (no buffers)",
+        "nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_paper": "CEAG-paper",
+        "ceag_batch": "CEAG (no buffers)",
     }  # fmt: skip
     assert {n: s.plot_label for n, s in METHODS.items()} == {
-        "nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_batch": "CEAG-batch",
+        "nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_paper": "CEAG-paper",
+        "ceag_batch": "CEAG-batch",
     }  # fmt: skip
 
 
@@ -69,7 +71,7 @@ def test_train_experiment_plots_and_cli_read_the_registry():
 
 @pytest.mark.parametrize("name", ["bogus", "NFT", "", ["ceag"], None])
 def test_unknown_name_error_names_the_argument(name):
-    with pytest.raises(ValueError, match=r"^name must be one of nft, el, el_rb, ceag, ceag_batch; got "):
+    with pytest.raises(ValueError, match=r"^name must be one of nft, el, el_rb, ceag, ceag_paper, ceag_batch; got "):
         build_method(name, G, dense=_dense())  # type: ignore[arg-type]
 
 
@@ -85,3 +87,15 @@ def test_builder_rules_kept():
     assert isinstance(method, ELRB)
     torch.testing.assert_close(method._shares, shares)  # group_shares wins over dense.shares
     torch.testing.assert_close(build_method("el_rb", G, dense=_dense())._shares, _dense().shares.double())
+
+
+def test_ceag_paper_is_the_paper_formulation_and_ceag_departs_from_it():
+    paper = build_method("ceag_paper", G, dense=_dense())
+    ours = build_method("ceag", G, dense=_dense())
+    assert (paper.primal, paper.multiplier_scale) == ("paper", "absolute")
+    assert type(paper.dual_optimizer) is torch.optim.SGD
+    assert ours.primal == "positive"
+    with pytest.raises(ValueError, match="ceag_paper.*primal must be 'paper'"):
+        build_method("ceag_paper", G, dense=_dense(), primal="positive")
+    with pytest.raises(ValueError, match="ceag_paper.*dual_optimizer must be 'sgd'"):
+        build_method("ceag_paper", G, dense=_dense(), dual_optimizer="pi")
