@@ -41,7 +41,7 @@ def _fraction(text: str) -> float:
 
 def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     from ceag.experiment import ExperimentConfig
-    from ceag.methods import METHODS
+    from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
 
     d = ExperimentConfig.__dataclass_fields__
     default = lambda name: d[name].default  # noqa: E731
@@ -78,13 +78,13 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
         "--constrain-min-count", type=int, default=0, help="leave groups with fewer training samples unconstrained (default 0: none)"
     )
     g.add_argument(
-        "--primal", default=default("primal"), choices=("paper", "positive", "normalized"),
+        "--primal", default=default("primal"), choices=PRIMALS,
         help="CEAG's primal objective (default positive: no negative sample weights; paper: the "
         "paper's Lagrangian; the method ceag_paper is the paper's formulation whatever this says)",
     )  # fmt: skip
-    g.add_argument("--multiplier-scale", default=default("multiplier_scale"), choices=("absolute", "share"),
+    g.add_argument("--multiplier-scale", default=default("multiplier_scale"), choices=MULTIPLIER_SCALES,
                    help="CEAG: λ_g as the paper (absolute, default) or times the group's batch share")  # fmt: skip
-    g.add_argument("--dual-optimizer", default=default("dual_optimizer"), choices=("sgd", "pi", "nupi"),
+    g.add_argument("--dual-optimizer", default=default("dual_optimizer"), choices=DUAL_OPTIMIZERS,
                    help="CEAG's multiplier update: sgd (default), pi (dense PI controller) or nupi (Cooper's)")  # fmt: skip
     g.add_argument("--dual-kp", type=float, default=default("dual_kp"), help="PI proportional gain K_P (default 0)")
     g.add_argument("--dual-ki", type=float, default=default("dual_ki"), help="PI integral gain K_I (default 1)")

@@ -184,12 +184,9 @@ class ExperimentConfig:
             raise ValueError(f"dense_lr must be > 0, got {self.dense_lr}")
         if self.dual_lr is not None and not (math.isfinite(self.dual_lr) and self.dual_lr > 0):
             raise ValueError(f"dual_lr must be > 0 (or None for {DUAL_LR_PER_GROUPS} / G), got {self.dual_lr}")
-        if self.primal not in PRIMALS:
-            raise ValueError(f"primal must be one of {', '.join(PRIMALS)}; got {self.primal!r}")
-        if self.multiplier_scale not in MULTIPLIER_SCALES:
-            raise ValueError(f"multiplier_scale must be one of {', '.join(MULTIPLIER_SCALES)}; got {self.multiplier_scale!r}")
-        if self.dual_optimizer not in DUAL_OPTIMIZERS:
-            raise ValueError(f"dual_optimizer must be one of {', '.join(DUAL_OPTIMIZERS)}; got {self.dual_optimizer!r}")
+        for name, allowed in (("primal", PRIMALS), ("multiplier_scale", MULTIPLIER_SCALES), ("dual_optimizer", DUAL_OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("dual_kp", "dual_ki"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -240,6 +237,7 @@ class ExperimentConfig:
             progress=self.progress,
             checkpoint_every_steps=self.checkpoint_every_steps,
             on_nonfinite=self.on_nonfinite,
+            dual_optimizer=self.dual_optimizer if method in FORMULATION_METHODS else "sgd",
             method_options=self._method_options(method),
         )
 
@@ -249,7 +247,7 @@ class ExperimentConfig:
             return {}
         options: dict[str, Any] = {}
         if method in FORMULATION_METHODS:
-            options.update(primal=self.primal, multiplier_scale=self.multiplier_scale, dual_optimizer=self.dual_optimizer)
+            options.update(primal=self.primal, multiplier_scale=self.multiplier_scale)
             if self.dual_optimizer != "sgd":
                 options["dual_optimizer_kwargs"] = {"Kp": self.dual_kp, "Ki": self.dual_ki}
             options.update(self.method_options)

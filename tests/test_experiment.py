@@ -218,3 +218,25 @@ def test_fault_options_reach_the_runs_and_may_change_on_a_rerun(tmp_path):
     # Neither option changes a result: the finished experiment is re-read with others.
     again = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="f", on_nonfinite="skip")
     assert run_experiment(again, log=lambda _: None, plots=False).runs[0].history[-1]["skipped_steps"] == 0
+
+
+def test_formulation_fields_reach_ceag_only():
+    """primal / multiplier_scale / dual_* set "ceag" and "ceag_batch"; "ceag_paper" and EL keep theirs."""
+    from ceag.experiment import ExperimentConfig
+    from ceag.methods import PI, build_method
+    from ceag.metrics import GroupStats
+
+    cfg = ExperimentConfig(methods=("nft", "el_rb", "ceag_paper", "ceag"), primal="normalized", dual_optimizer="pi", dual_kp=2.0)
+    ceag = cfg.train_config("ceag", 0.9, 0, num_groups=3)
+    assert ceag.dual_optimizer == "pi"
+    assert ceag.method_options == {"primal": "normalized", "multiplier_scale": "absolute", "dual_optimizer_kwargs": {"Kp": 2.0, "Ki": 1.0}}
+    for other in ("ceag_paper", "el_rb"):
+        tc = cfg.train_config(other, 0.9, 0, num_groups=3)
+        assert tc.dual_optimizer == "sgd" and tc.method_options == {}
+    dense = GroupStats(torch.tensor([10, 20, 30]), torch.tensor([8, 15, 25]), torch.tensor([3.0, 6.0, 9.0], dtype=torch.float64))
+    method = build_method("ceag", 3, dense=dense, **ceag.method_kwargs())
+    assert method.primal == "normalized" and isinstance(method.dual_optimizer, PI)
+    assert method.dual_optimizer.param_groups[0]["Kp"] == 2.0
+    for bad in ({"primal": "dual"}, {"multiplier_scale": "log"}, {"dual_optimizer": "adam"}, {"dual_kp": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ExperimentConfig(**bad)
