@@ -50,6 +50,7 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     g.add_argument("--groups", type=int, help="synthetic only: number of groups")
     g.add_argument("--samples", type=int, help="synthetic only: number of training samples")
     g.add_argument("--minority-effect", type=float, help="synthetic only: strength of the group-specific rules")
+    g.add_argument("--train-samples", type=int, help="train on a fixed random subset of this many samples (default: all)")
     g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp or cnn")
     g.add_argument("--hidden", type=_list(int), default=default("hidden"), help="MLP hidden widths, e.g. 512,512")
     g.add_argument("--dense-epochs", type=int, default=default("dense_epochs"))
@@ -137,6 +138,7 @@ def _config(args: argparse.Namespace, grid: str):
     return ExperimentConfig(
         dataset=args.dataset,
         dataset_options=options,
+        train_samples=args.train_samples,
         arch=args.arch,
         hidden=args.hidden,
         dense_epochs=args.dense_epochs,

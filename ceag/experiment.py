@@ -98,6 +98,7 @@ class ExperimentConfig:
 
     dataset: str = "adult"
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    train_samples: int | None = None  # a fixed random subset of the training split (None: all)
     arch: str = "auto"
     hidden: tuple[int, ...] = (512, 512)
 
@@ -176,6 +177,10 @@ class ExperimentConfig:
                 raise ValueError(f"sparsity must be in [0, 1), got {s}")
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be one or more integers >= 0, got {self.seeds!r}")
+        if self.train_samples is not None and (
+            isinstance(self.train_samples, bool) or not isinstance(self.train_samples, int) or self.train_samples < 1
+        ):
+            raise ValueError(f"train_samples must be an integer >= 1 (or None for all), got {self.train_samples!r}")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ValueError(f"tolerance (ε) must be >= 0, got {self.tolerance}")
         if isinstance(self.dense_epochs, bool) or not isinstance(self.dense_epochs, int) or self.dense_epochs < 0:
@@ -577,7 +582,24 @@ def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
     """The experiment's data set, fetching it first if needed (real data sets only)."""
     if cfg.dataset != "synthetic" and not datasets.is_fetched(cfg.dataset, cfg.data_root):
         datasets.fetch(cfg.dataset, cfg.data_root, progress=cfg.progress)
-    return datasets.load(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+    data = datasets.load(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+    if cfg.train_samples is not None:
+        data = _train_subset(data, cfg.train_samples)
+    return data
+
+
+#: Seed of the ``train_samples`` subset: the same images for every run seed and method.
+_SUBSET_SEED = 0
+
+
+def _train_subset(data: datasets.GroupedDataset, n: int) -> datasets.GroupedDataset:
+    """``data`` with a fixed random subset of ``n`` training samples (the test split whole)."""
+    total = len(data.train)
+    if n > total:
+        raise ValueError(f"train_samples={n} is more than the {total} training samples of {data.name}")
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:n].sort().values
+    subset = torch.utils.data.TensorDataset(*(t[keep] for t in data.train.tensors))
+    return dataclasses.replace(data, train=subset, description=f"{data.description} (train subset: {n} of {total})")
 
 
 def run_experiment(

@@ -240,3 +240,21 @@ def test_formulation_fields_reach_ceag_only():
     for bad in ({"primal": "dual"}, {"multiplier_scale": "log"}, {"dual_optimizer": "adam"}, {"dual_kp": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ExperimentConfig(**bad)
+
+
+def test_train_samples_is_a_fixed_subset_of_the_training_split(tmp_path):
+    full = experiment.load_data(_cfg(tmp_path))
+    cfg = _cfg(tmp_path, train_samples=300)
+    a, b = experiment.load_data(cfg), experiment.load_data(cfg)
+    assert len(a.train) == 300 and len(a.test) == len(full.test)
+    for ta, tb in zip(a.train.tensors, b.train.tensors):
+        assert torch.equal(ta, tb)  # the same images for every run
+    rows = {tuple(x.tolist()) for x in full.train.tensors[0]}
+    assert all(tuple(x.tolist()) in rows for x in a.train.tensors[0])
+    with pytest.raises(ValueError, match="train_samples"):
+        experiment.load_data(_cfg(tmp_path, train_samples=10**9))
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="train_samples"):
+            _cfg(tmp_path, train_samples=bad)
+    result = run_experiment(_cfg(tmp_path, train_samples=300, methods=("nft",), seeds=(0,)), log=lambda m: None, plots=False)
+    assert sum(result.runs[0].count["train"]) == 300
