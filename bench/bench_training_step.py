@@ -15,13 +15,16 @@ G groups drawn uniformly at random. A step is: forward, the method's step, backw
   sparse masked-linear kernels' gain over ``weight * mask`` as well as the group work's.
   It computes the same step as ``ceag`` (same multipliers and weights, to float rounding).
 - ``nft``: :class:`ceag.methods.NFT` on the ``ceag.nn.MaskedLinear`` model.
-- ``ceag``: :class:`ceag.methods.CEAG`, replay buffers k = 40, constraints active.
+- ``ceag``: :class:`ceag.methods.CEAG` with its defaults (positive primal, SGD dual), replay
+  buffers k = 40, constraints active.
+- ``ceag_paper``: the paper's formulation (method ``ceag_paper``), the same otherwise.
+- ``ceag_pi``: ``ceag`` with the PI dual update (K_P = 2, K_I = 1), :class:`ceag.methods.PI`.
 
 Both CEAGs start every round with full buffers (so the dual step acts on every group with
 an estimate, i.e. all G) and zero multipliers (reset outside the timing, so Σλ never grows
-to the point where the primal objective flips sign). ``ceag`` rows carry ``ceag_over_nft``
-(median ratio to the ``nft`` row of the same G, timed just before it); the issue's target is
-at most 1.05 at G = 1000.
+to the point where the paper's primal objective flips sign). ``ceag*`` rows carry
+``ceag_over_nft`` (median ratio to the ``nft`` row of the same G, timed in the same run); the
+issue's target is at most 1.05 at G = 1000.
 
     pytest bench/bench_training_step.py --benchmark-only --benchmark-json=/tmp/ts.json
     python bench/report.py /tmp/ts.json
@@ -42,12 +45,18 @@ from ceag.metrics import GroupStats
 from ceag.prune import apply_masks_, magnitude_prune, prunable_layers, sparsify
 
 GS = [10, 100, 1000, 10000]
-IMPLS = ["nft", "ceag", "eager"]  # nft just before ceag: ceag_over_nft compares neighbours
+IMPLS = ["nft", "ceag", "ceag_paper", "ceag_pi", "eager"]  # nft first: ceag_over_nft compares with it
 N, D_IN, HIDDEN, C = 256, 256, 1024, 10
 SPARSITY, K, TOL, DUAL_LR = 0.9, 40, 0.01, 1e-3
 NUM_BATCHES = 8
 # (rounds, warm-up rounds); the eager baseline at large G is slow and only sets the speedup.
-ROUNDS = {"nft": (150, 10), "ceag": (150, 10), "eager": (20, 3)}
+ROUNDS = {"nft": (150, 10), "ceag": (150, 10), "ceag_paper": (150, 10), "ceag_pi": (150, 10), "eager": (20, 3)}
+#: build_method arguments of the ceag* impls beyond the shared ones.
+CEAG_VARIANTS = {
+    "ceag": ("ceag", {}),
+    "ceag_paper": ("ceag_paper", {}),
+    "ceag_pi": ("ceag", {"dual_optimizer": "pi", "dual_optimizer_kwargs": {"Kp": 2.0, "Ki": 1.0}}),
+}
 EAGER_ROUNDS_BIG_G = (10, 2)
 
 _medians: dict[tuple[int, str], float] = {}
@@ -122,7 +131,8 @@ def _ceag_step(impl: str, G: int):
         method = build_method("nft", G)
         reset = None
     else:
-        method = build_method("ceag", G, dense=dense, tolerance=TOL, buffer_size=K, dual_lr=DUAL_LR)
+        name, extra = CEAG_VARIANTS[impl]
+        method = build_method(name, G, dense=dense, tolerance=TOL, buffer_size=K, dual_lr=DUAL_LR, **extra)
         bits = _prefilled_bits(G)
 
         def reset():
@@ -259,5 +269,5 @@ def test_training_step(benchmark, G: str, impl: str):
     median = benchmark.stats.stats.median
     _medians[(num_groups, impl)] = median
     nft = _medians.get((num_groups, "nft"))
-    if impl == "ceag" and nft is not None and math.isfinite(median):
+    if impl in CEAG_VARIANTS and nft is not None and math.isfinite(median):
         benchmark.extra_info["ceag_over_nft"] = median / nft
