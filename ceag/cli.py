@@ -199,7 +199,8 @@ def _print_worst_groups(result, k: int = 5) -> None:
         return
     print(f"\nworst groups on train (ψ_g, {len(ranked)} of {sum(v == v for v in psi)}):")
     for v, g in ranked:
-        print(f"  {result.group_names[g]:<40} ψ = {v * 100:+.1f}%  n = {run.count['train'][g]}")
+        n = run.count["train"][g]
+        print(f"  {result.group_names[g]:<40} ψ = {v * 100:+.1f}%  n = {n} (one sample: {100 / n:.1f} points)")
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,7 @@ def test_run_prints_the_worst_groups(tmp_path, capsys):
     assert main(["run", *TINY, "--method", "ceag", "--sparsity", "0.7", "--output", str(tmp_path), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "worst groups on train" in out and "ψ =" in out
+    assert re.search(r"n = (\d+) \(one sample: \d+\.\d points\)", out)
     assert (tmp_path / "synthetic-ceag-s70" / "ceag-s70-seed0" / "metrics.json").is_file()
 
 

@@ -258,3 +258,12 @@ def test_train_samples_is_a_fixed_subset_of_the_training_split(tmp_path):
             _cfg(tmp_path, train_samples=bad)
     result = run_experiment(_cfg(tmp_path, train_samples=300, methods=("nft",), seeds=(0,)), log=lambda m: None, plots=False)
     assert sum(result.runs[0].count["train"]) == 300
+
+
+def test_resolution_note_names_the_coarse_groups():
+    note = experiment.resolution_note(torch.tensor([5, 33, 47, 120, 3000]), 0.01, 30)
+    assert note.startswith("note: 2 of the 4 groups with >= 30 training samples have fewer than 1/ε = 100")
+    assert "3.0 points at n = 33" in note
+    assert experiment.resolution_note(torch.tensor([5, 300, 470]), 0.01, 30) == ""  # the group of 5 is not reported
+    assert experiment.resolution_note(torch.tensor([33, 300]), 0.0, 30) == ""
+    assert "1 of the 2" in experiment.resolution_note(torch.tensor([33, 300]), 0.01, 30)
