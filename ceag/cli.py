@@ -85,6 +85,8 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     )  # fmt: skip
     g.add_argument("--multiplier-scale", default=default("multiplier_scale"), choices=MULTIPLIER_SCALES,
                    help="CEAG: λ_g as the paper (absolute, default) or times the group's batch share")  # fmt: skip
+    g.add_argument("--margin", type=float, default=default("margin"),
+                   help="CEAG's dual step aims at ψ_g ≤ (1 - margin) ε (default %(default)s; 0: the paper)")  # fmt: skip
     g.add_argument("--dual-optimizer", default=default("dual_optimizer"), choices=DUAL_OPTIMIZERS,
                    help="CEAG's multiplier update: sgd (default), pi (dense PI controller) or nupi (Cooper's)")  # fmt: skip
     g.add_argument("--dual-kp", type=float, default=default("dual_kp"), help="PI proportional gain K_P (default 0)")
@@ -154,6 +156,7 @@ def _config(args: argparse.Namespace, grid: str):
         constrain_min_count=args.constrain_min_count,
         primal=args.primal,
         multiplier_scale=args.multiplier_scale,
+        margin=args.margin,
         dual_optimizer=args.dual_optimizer,
         dual_kp=args.dual_kp,
         dual_ki=args.dual_ki,

@@ -119,6 +119,7 @@ class ExperimentConfig:
     # CEAG's formulation (docs/method.md), for "ceag" and "ceag_batch"; "ceag_paper" is fixed.
     primal: str = "positive"
     multiplier_scale: str = "absolute"
+    margin: float = 0.0
     dual_optimizer: str = "sgd"
     dual_kp: float = 0.0
     dual_ki: float = 1.0
@@ -193,6 +194,8 @@ class ExperimentConfig:
         for name, allowed in (("primal", PRIMALS), ("multiplier_scale", MULTIPLIER_SCALES), ("dual_optimizer", DUAL_OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin <= 1.0):
+            raise ValueError(f"margin must be in [0, 1], got {self.margin!r}")
         for name in ("dual_kp", "dual_ki"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -253,7 +256,7 @@ class ExperimentConfig:
             return {}
         options: dict[str, Any] = {}
         if method in FORMULATION_METHODS:
-            options.update(primal=self.primal, multiplier_scale=self.multiplier_scale)
+            options.update(primal=self.primal, multiplier_scale=self.multiplier_scale, margin=self.margin)
             if self.dual_optimizer != "sgd":
                 options["dual_optimizer_kwargs"] = {"Kp": self.dual_kp, "Ki": self.dual_ki}
             options.update(self.method_options)

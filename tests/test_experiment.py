@@ -229,7 +229,10 @@ def test_formulation_fields_reach_ceag_only():
     cfg = ExperimentConfig(methods=("nft", "el_rb", "ceag_paper", "ceag"), primal="normalized", dual_optimizer="pi", dual_kp=2.0)
     ceag = cfg.train_config("ceag", 0.9, 0, num_groups=3)
     assert ceag.dual_optimizer == "pi"
-    assert ceag.method_options == {"primal": "normalized", "multiplier_scale": "absolute", "dual_optimizer_kwargs": {"Kp": 2.0, "Ki": 1.0}}
+    assert ceag.method_options == {
+        "primal": "normalized", "multiplier_scale": "absolute", "margin": cfg.margin,
+        "dual_optimizer_kwargs": {"Kp": 2.0, "Ki": 1.0},
+    }  # fmt: skip
     for other in ("ceag_paper", "el_rb"):
         tc = cfg.train_config(other, 0.9, 0, num_groups=3)
         assert tc.dual_optimizer == "sgd" and tc.method_options == {}
@@ -237,7 +240,7 @@ def test_formulation_fields_reach_ceag_only():
     method = build_method("ceag", 3, dense=dense, **ceag.method_kwargs())
     assert method.primal == "normalized" and isinstance(method.dual_optimizer, PI)
     assert method.dual_optimizer.param_groups[0]["Kp"] == 2.0
-    for bad in ({"primal": "dual"}, {"multiplier_scale": "log"}, {"dual_optimizer": "adam"}, {"dual_kp": -1.0}):
+    for bad in ({"primal": "dual"}, {"multiplier_scale": "log"}, {"dual_optimizer": "adam"}, {"dual_kp": -1.0}, {"margin": 2.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ExperimentConfig(**bad)
 

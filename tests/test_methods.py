@@ -539,3 +539,19 @@ def test_ceag_pi_dual_matches_nupi_path_and_unobserved_groups_stay():
         unobserved = torch.isnan(out.violation)
         assert torch.equal(pi.multipliers[unobserved], before[unobserved])
     assert float(pi.multipliers.sum()) > 0
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5, 1.0])
+def test_margin_moves_the_dual_target(margin):
+    """The dual step enforces ψ̂_g ≤ (1 − margin) ε: the violation it returns is ψ̂_g − (1 − margin) ε."""
+    dense = _dense()
+    eps = 0.04
+    method = CEAG(G, dense, tolerance=eps, buffer_size=None, dual_lr=0.1, margin=margin)
+    logits, target, group = _batch()
+    out = method.step(logits, target, group)
+    psi, present = _psi_hat_batch(dense, logits, target, group)
+    torch.testing.assert_close(out.violation[present], (psi - (1 - margin) * eps)[present])
+    assert method.dual_target == pytest.approx((1 - margin) * eps)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            CEAG(G, dense, margin=bad)

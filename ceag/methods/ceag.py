@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ceag.methods.base import PRIMALS
+from ceag.methods.base import PRIMALS, _to_float
 from ceag.methods.buffers import BufferEstimate, estimate_overall
 from ceag.methods.constrained import ConstrainedMethod
 from ceag.metrics import GroupStats
@@ -18,7 +18,7 @@ __all__ = ["CEAG", "MULTIPLIER_SCALES", "PAPER_FORMULATION"]
 #: group's share of the batch ("share": w_g = (1 + λ_g)/N before normalisation).
 MULTIPLIER_SCALES = ("absolute", "share")
 #: The paper's choices where CEAG's defaults depart from it (docs/method.md): method "ceag_paper".
-PAPER_FORMULATION = {"primal": "paper", "multiplier_scale": "absolute", "dual_optimizer": "sgd"}
+PAPER_FORMULATION = {"primal": "paper", "multiplier_scale": "absolute", "dual_optimizer": "sgd", "margin": 0.0}
 
 
 class CEAG(ConstrainedMethod):
@@ -37,6 +37,10 @@ class CEAG(ConstrainedMethod):
             paper's Lagrangian gradient.
         multiplier_scale: "absolute" (default, the paper: c_g = λ_g) or "share" (c_g =
             λ_g n_g/N, λ_g a relative up-weighting; measured weaker, docs/method.md).
+        margin: the fraction of ε the dual step keeps in reserve: it enforces ψ̂_g ≤ (1 −
+            margin) ε (0: the paper's ψ̂_g ≤ ε). Dual ascent settles the active groups *at*
+            its target, and their final ψ_g scatters around it, so a target of ε leaves about
+            half of them above ε (docs/method.md).
         Other keywords: see :class:`ConstrainedMethod`.
 
     Dual violation with buffers: Â_g = buffer mean, available when the buffer is full and
@@ -58,6 +62,7 @@ class CEAG(ConstrainedMethod):
         buffer_size: int | None = 40,
         primal: str = "positive",
         multiplier_scale: str = "absolute",
+        margin: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if primal not in PRIMALS:
@@ -66,6 +71,10 @@ class CEAG(ConstrainedMethod):
             raise ValueError(f"multiplier_scale must be one of {', '.join(MULTIPLIER_SCALES)}; got {multiplier_scale!r}")
         self.primal = primal
         self.multiplier_scale = multiplier_scale
+        margin = _to_float("margin", margin)
+        if not 0.0 <= margin <= 1.0:
+            raise ValueError(f"margin must be in [0, 1], got {margin}")
+        self.margin = margin
         if not isinstance(dense, GroupStats):
             raise TypeError(f"dense must be a ceag.metrics.GroupStats, got {type(dense).__name__}")
         if dense.num_groups != num_groups:
@@ -75,6 +84,11 @@ class CEAG(ConstrainedMethod):
         super().__init__(num_groups, tolerance=tolerance, buffer_size=buffer_size, **kwargs)
         self.dense = dense.cpu()
         self._move_constants(self.device)
+
+    @property
+    def dual_target(self) -> float:
+        """The bound the dual step enforces on ψ̂_g: (1 − margin) ε."""
+        return (1.0 - self.margin) * self.tolerance
 
     def _move_constants(self, device: torch.device) -> None:
         d = self.dense
@@ -100,7 +114,7 @@ class CEAG(ConstrainedMethod):
         return BufferEstimate(acc, available, overall, torch.where(available, psi, torch.nan))
 
     def _buffer_violation(self, est):
-        return est.constraint - self.tolerance
+        return est.constraint - self.dual_target
 
     def _batch_violation(self, out):
         stats = self._all_reduce(torch.stack([out.correct.to(torch.float64), out.count.to(torch.float64)]))
@@ -111,7 +125,7 @@ class CEAG(ConstrainedMethod):
         overall = correct.sum() / n
         dense_overall = (count * self._dense_acc).sum() / n
         psi = (self._dense_acc - acc) - (dense_overall - overall)
-        return psi - self.tolerance, observed
+        return psi - self.dual_target, observed
 
     def _primal_coefficients(self, out, lam):
         if self.multiplier_scale == "absolute":

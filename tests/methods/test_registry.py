@@ -92,7 +92,7 @@ def test_builder_rules_kept():
 def test_ceag_paper_is_the_paper_formulation_and_ceag_departs_from_it():
     paper = build_method("ceag_paper", G, dense=_dense())
     ours = build_method("ceag", G, dense=_dense())
-    assert (paper.primal, paper.multiplier_scale) == ("paper", "absolute")
+    assert (paper.primal, paper.multiplier_scale, paper.margin) == ("paper", "absolute", 0.0)
     assert type(paper.dual_optimizer) is torch.optim.SGD
     assert ours.primal == "positive"
     with pytest.raises(ValueError, match="ceag_paper.*primal must be 'paper'"):
