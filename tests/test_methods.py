@@ -114,7 +114,7 @@ def test_nft_is_the_mean_cross_entropy():
 def test_ceag_batch_dual_step_direction_and_projection():
     dense = _dense()
     eta = 0.5
-    method = CEAG(G, dense, tolerance=0.05, buffer_size=None, dual_lr=eta, multiplier_sum_warning=None)
+    method = CEAG(G, dense, tolerance=0.05, buffer_size=None, dual_lr=eta, margin=0.0, multiplier_sum_warning=None)
     lam0 = torch.tensor([0.0, 0.01, 0.3, 0.2, 0.0, 0.4])
     _set_multipliers(method, lam0)
     logits, target, group = _batch()
@@ -193,7 +193,7 @@ def test_ceag_buffer_estimates_match_deques_with_share_weighting():
     k = 4
     dense = _dense()
     eps = 0.02
-    method = CEAG(G, dense, tolerance=eps, buffer_size=k, dual_lr=0.1, multiplier_sum_warning=None)
+    method = CEAG(G, dense, tolerance=eps, buffer_size=k, dual_lr=0.1, margin=0.0, multiplier_sum_warning=None)
     deques = [deque(maxlen=k) for _ in range(G)]
     lam = torch.zeros(G, dtype=torch.float64)
     shares = dense.count.double() / dense.count.sum()

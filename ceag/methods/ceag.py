@@ -62,7 +62,7 @@ class CEAG(ConstrainedMethod):
         buffer_size: int | None = 40,
         primal: str = "positive",
         multiplier_scale: str = "absolute",
-        margin: float = 0.0,
+        margin: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if primal not in PRIMALS:
