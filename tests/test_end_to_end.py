@@ -55,7 +55,7 @@ def _prune_layerwise(model: nn.Module, sparsity: float) -> None:
             m.set_mask(w > threshold)
 
 
-def _run(method_name: str, seed: int = 0):
+def _run(method_name: str, seed: int = 0, **ceag_kwargs):
     torch.manual_seed(seed)
     x, y, g = _data(seed)
     model = nn.Sequential(MaskedLinear(x.shape[1], 64), nn.ReLU(), MaskedLinear(64, 64), nn.ReLU(), nn.Linear(64, 2))
@@ -74,7 +74,7 @@ def _run(method_name: str, seed: int = 0):
     if method_name == "nft":
         method = NFT(G)
     else:
-        method = CEAG(G, dense, tolerance=EPS, dual_lr=0.05, buffer_size=20, multiplier_sum_warning=None)
+        method = CEAG(G, dense, tolerance=EPS, dual_lr=0.05, buffer_size=20, multiplier_sum_warning=None, **ceag_kwargs)
     epochs = 20
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     for epoch in range(epochs):
@@ -90,9 +90,10 @@ def _run(method_name: str, seed: int = 0):
 
 
 def test_ceag_keeps_minority_groups_within_tolerance_nft_does_not():
+    """With the dual target at ε (margin 0, the paper's), groups within ε keep λ = 0."""
     start = time.perf_counter()
     nft, _ = _run("nft")
-    ceag, method = _run("ceag")
+    ceag, method = _run("ceag", margin=0.0)
     elapsed = time.perf_counter() - start
 
     assert nft.max_psi > 2 * EPS, nft.summary()
@@ -103,3 +104,14 @@ def test_ceag_keeps_minority_groups_within_tolerance_nft_does_not():
     lam = method.multipliers
     assert float(lam[1:].max()) > 0 and float(lam[0]) == 0.0
     assert elapsed < 60, f"end-to-end test took {elapsed:.1f}s"
+
+
+def test_ceag_defaults_keep_minority_groups_within_tolerance():
+    """The default targets ψ̂_g ≤ 0 (margin 1): every group within ε, the minorities carry the multipliers."""
+    nft, _ = _run("nft")
+    ceag, method = _run("ceag")
+    assert method.margin == 1.0
+    assert ceag.max_psi <= EPS, ceag.summary()
+    assert abs(ceag.overall_sparse_accuracy - nft.overall_sparse_accuracy) <= 0.03
+    lam = method.multipliers
+    assert float(lam[1:].min()) > 10 * float(lam[0])
