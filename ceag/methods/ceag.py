@@ -38,7 +38,7 @@ class CEAG(ConstrainedMethod):
         multiplier_scale: "absolute" (default, the paper: c_g = λ_g) or "share" (c_g =
             λ_g n_g/N, λ_g a relative up-weighting; measured weaker, docs/method.md).
         margin: the fraction of ε the dual step keeps in reserve: it enforces ψ̂_g ≤ (1 −
-            margin) ε (0: the paper's ψ̂_g ≤ ε). Dual ascent settles the active groups *at*
+            margin) ε (default 1: ψ̂_g ≤ 0; 0: the paper's ψ̂_g ≤ ε). Dual ascent settles the active groups *at*
             its target, and their final ψ_g scatters around it, so a target of ε leaves about
             half of them above ε (docs/method.md).
         Other keywords: see :class:`ConstrainedMethod`.
