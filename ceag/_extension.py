@@ -12,7 +12,13 @@ import torch
 
 _override = os.environ.get("CEAG_EXTENSION_PATH")
 if _override:
-    torch.ops.load_library(_override)
+    try:
+        torch.ops.load_library(_override)
+    except OSError as exc:  # name the variable: the loader's message names only the file
+        raise ImportError(
+            f"CEAG_EXTENSION_PATH={_override!r} cannot be loaded ({exc}); point it at a ceag "
+            "extension built against this torch, or unset it to use the installed build"
+        ) from None
 else:
     try:
         from ceag import _C  # noqa: F401  (importing registers the ops)

@@ -16,7 +16,11 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
+import signal
 import sys
+import threading
+import warnings
 from typing import Any, Callable, Sequence
 
 __all__ = ["main"]
@@ -176,10 +180,39 @@ def _config(args: argparse.Namespace, grid: str):
     )
 
 
+#: Config fields whose flag is not ``--`` + the field name with dashes.
+_FLAG_OF = {"num_groups": "--groups", "num_train": "--samples", "output_root": "--output", "data_root": "--data-dir"}
+#: ... and those whose flag depends on the command.
+_GRID_FLAG = {
+    "run": {"methods": "--method", "sparsities": "--sparsity", "seeds": "--seed", "sparsity": "--sparsity", "seed": "--seed"},
+    "compare": {"sparsities": "--sparsity", "sparsity": "--sparsity", "seed": "--seeds"},
+    "sweep": {"sparsity": "--sparsities", "seed": "--seeds"},
+}
+
+
+def _naming_the_flag(message: str, parser: argparse.ArgumentParser, grid: str) -> str:
+    """``message`` (a config error naming a field) prefixed with the flag that sets that
+    field, e.g. "--dual-lr: dual_lr must be > 0"; unchanged if it names a flag already."""
+    if re.search(r"(^|\s)--[a-z]", message):
+        return message
+    flags = {o for a in parser._actions for o in a.option_strings}
+    best: tuple[int, int, str] | None = None
+    for m in re.finditer(r"[a-z][a-z_]*[a-z]", message):
+        field = m.group(0)
+        flag = _GRID_FLAG.get(grid, {}).get(field) or _FLAG_OF.get(field) or "--" + field.replace("_", "-")
+        if flag in flags and (best is None or m.start() < best[0]):
+            best = (m.start(), -len(field), flag)
+    return f"{best[2]}: {message}" if best else message
+
+
 def _experiment(args: argparse.Namespace, grid: str) -> int:
+    from ceag.errors import UsageError
     from ceag.experiment import run_experiment
 
-    cfg = _config(args, grid)
+    try:
+        cfg = _config(args, grid)
+    except (ValueError, TypeError) as err:  # every config field is a flag: name it
+        raise UsageError(_naming_the_flag(str(err), args.parser, grid)) from None
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     result = run_experiment(cfg, log=log, plots=not args.no_plots)
     print()
@@ -218,7 +251,9 @@ def _data(args: argparse.Namespace) -> int:
     names = data.DATASETS if "all" in args.names else tuple(dict.fromkeys(args.names))
     unknown = [n for n in names if n not in data.DATASETS]
     if unknown:
-        raise ValueError(f"unknown dataset {unknown[0]!r}; choose from {', '.join(data.DATASETS)} or all")
+        from ceag.errors import UsageError
+
+        raise UsageError(f"unknown dataset {unknown[0]!r}; choose from {', '.join(data.DATASETS)} or all")
     for name in names:
         path = data.fetch(name, args.data_dir, force=args.force, progress=not args.no_progress)
         if args.data_command == "info" or args.verbose:
@@ -240,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(grid, help=text, description=text)
         _add_experiment_args(p, grid=grid)
-        p.set_defaults(handler=lambda a, g=grid: _experiment(a, g))
+        p.set_defaults(handler=lambda a, g=grid: _experiment(a, g), parser=p)
 
     d = sub.add_parser("data", help="fetch and list the bundled data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -258,10 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
+    """What a user can cause or fix: printed as one line. Anything else is a bug in ceag
+    and keeps its traceback."""
+    from ceag._io import FolderInUseError
     from ceag.data import DataCorruptError, DataFetchError
+    from ceag.errors import UsageError
     from ceag.train import CheckpointError, NonFiniteError, OutputError
 
-    return (DataCorruptError, DataFetchError, CheckpointError, NonFiniteError, OutputError)
+    return (UsageError, FileNotFoundError, NotADirectoryError, DataCorruptError, DataFetchError, CheckpointError,
+            NonFiniteError, OutputError, FolderInUseError)  # fmt: skip
 
 
 #: Write failures reported in one line (disk full, quota, read-only, no permission).
@@ -275,21 +315,68 @@ def _fail(parser: argparse.ArgumentParser, err: Exception) -> None:
     parser.exit(2, f"ceag: error: {err}{hint}\n")
 
 
+#: A negative number argparse would take for a flag ("-1e-3"; it knows only "-3" and "-.5").
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--flag -1e-3`` as ``--flag=-1e-3``, so argparse reads the value (then validation
+    says what is wrong with it) instead of "expected one argument"."""
+    out: list[str] = []
+    for token in argv:
+        if out and _NEGATIVE_NUMBER.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so the run stops as after Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line per warning, through tqdm so a progress bar is not torn (and no source line)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"ceag: warning: {message}", file=sys.stderr)
+
+
+def _stopped(how: str) -> str:
+    from ceag.train import last_saved
+
+    saved = last_saved()
+    if saved is None:
+        return f"ceag: {how}; nothing was checkpointed yet (re-run the same command to start again)\n"
+    path, epoch, step = saved
+    return f"ceag: {how}; {path} holds the run at epoch {epoch}, step {step} (re-run the same command to resume from there)\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values_attached(list(sys.argv[1:] if argv is None else argv)))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError, *_known_errors()) as err:
-        # Config, data, checkpoint, non-finite and output errors: one clear line, no traceback
-        # (argparse's convention, exit 2).
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.handler(args)
+    except _known_errors() as err:
         _fail(parser, err)
     except OSError as err:
         if err.errno not in _OUTPUT_ERRNOS:
             raise
         _fail(parser, err)
     except KeyboardInterrupt:
-        parser.exit(130, "ceag: interrupted (re-run the same command to resume)\n")
+        parser.exit(130, _stopped("interrupted"))
+    except _Terminated:
+        parser.exit(143, _stopped("terminated (SIGTERM)"))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

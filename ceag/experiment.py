@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -40,20 +41,21 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
+from ceag._io import LOCK_NAME, atomic_write, check_output_dir, lock, remove_temp_files
+from ceag.errors import UsageError
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
 from ceag.metrics import disparity
 from ceag.models import ARCHITECTURES, build_model
+from ceag.prune import sparsity_report
 from ceag.train import (
     METHOD_NAMES,
+    CheckpointError,
     NonFiniteError,
     TrainConfig,
     Trainer,
-    _atomic_write,
     _IndexBatches,
     _listing,
     _nonfinite,
-    _remove_temp_files,
-    check_output_dir,
     epoch_permutation,
     load_checkpoint,
     save_checkpoint,
@@ -73,6 +75,9 @@ __all__ = [
 FORMULATION_METHODS = ("ceag", "ceag_batch")
 METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 _DENSE_OPTIMIZERS = ("adam", "sgd")
+#: The folder under ``output_root`` holding dense models shared between experiments (a
+#: reserved name: experiment names may not start with ".").
+DENSE_CACHE = ".dense-cache"
 #: η_λ = DUAL_LR_PER_GROUPS / G when ExperimentConfig.dual_lr is None.
 DUAL_LR_PER_GROUPS = 0.4
 
@@ -161,6 +166,7 @@ class ExperimentConfig:
         """Raise ValueError / TypeError naming the first bad field."""
         if self.dataset not in datasets.DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)}; got {self.dataset!r}")
+        datasets.check_options(self.dataset, self.dataset_options)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -179,8 +185,20 @@ class ExperimentConfig:
         for s in self.sparsities:
             if not (math.isfinite(s) and 0.0 <= s < 1.0):
                 raise ValueError(f"sparsity must be in [0, 1), got {s}")
+        labels: dict[str, float] = {}
+        for s in self.sparsities:  # distinct sparsities must never share a run folder
+            if sparsity_label(s) in labels:
+                raise ValueError(
+                    f"sparsities has duplicates: {labels[sparsity_label(s)]!r} and {s!r} are the same sparsity "
+                    f"({sparsity_label(s)}%, to {_SPARSITY_DIGITS} significant digits)"
+                )
+            labels[sparsity_label(s)] = s
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be one or more integers >= 0, got {self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has duplicates: {self.seeds}")
+        if max(self.seeds) >= 2**63:
+            raise ValueError(f"seeds must be below 2**63, got {max(self.seeds)}")
         if self.train_samples is not None and (
             isinstance(self.train_samples, bool) or not isinstance(self.train_samples, int) or self.train_samples < 1
         ):
@@ -204,10 +222,13 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.max_multiplier_sum is not None and not (math.isfinite(self.max_multiplier_sum) and self.max_multiplier_sum > 0):
             raise ValueError(f"max_multiplier_sum must be > 0 (or None), got {self.max_multiplier_sum}")
-        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
+        if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name or "\0" in self.name):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
-        # Every sparse-phase field is checked by TrainConfig itself.
-        self.train_config(self.methods[0], self.sparsities[0], self.seeds[0], num_groups=1)
+        if self.name is not None and self.name.startswith("."):
+            raise ValueError(f"name must not start with '.' (reserved for ceag's own folders, such as {DENSE_CACHE}); got {self.name!r}")
+        # Every sparse-phase field and method option is checked by TrainConfig itself.
+        for method in self.methods:
+            self.train_config(method, self.sparsities[0], self.seeds[0], num_groups=1)
         return self
 
     def resolved_dual_lr(self, num_groups: int) -> float:
@@ -284,7 +305,7 @@ class ExperimentConfig:
         if self.name is not None:
             return self.name
         methods = "-".join(self.methods)
-        sparsities = "-".join(f"{round(s * 100, 2):g}" for s in self.sparsities)
+        sparsities = "-".join(sparsity_label(s) for s in self.sparsities)
         return f"{self.dataset}-{methods}-s{sparsities}"
 
     @property
@@ -292,8 +313,18 @@ class ExperimentConfig:
         return Path(self.output_root) / self.resolved_name()
 
 
+#: Significant digits of a sparsity (in %) in folder names; validation rejects two
+#: sparsities that agree to this many digits, so distinct runs never share a folder.
+_SPARSITY_DIGITS = 10
+
+
+def sparsity_label(sparsity: float) -> str:
+    """The sparsity in percent as it appears in folder names: ``0.9`` → ``"90"``, ``0.995`` → ``"99.5"``."""
+    return f"{sparsity * 100:.{_SPARSITY_DIGITS}g}"
+
+
 def run_dir_name(method: str, sparsity: float, seed: int) -> str:
-    return f"{method}-s{round(sparsity * 100, 2):g}-seed{seed}"
+    return f"{method}-s{sparsity_label(sparsity)}-seed{seed}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -332,17 +363,31 @@ def dense_model(
     :class:`ceag.train.NonFiniteError` (nothing cached) or skips the step, by
     ``cfg.on_nonfinite``.
     """
-    cache = Path(cfg.output_root) / ".dense-cache" / f"{_dense_key(cfg, data, seed)}.ckpt"
-    _remove_temp_files(cache.parent, cache.name, older_than=600)  # left by killed runs (not by live ones)
+    cache = Path(cfg.output_root) / DENSE_CACHE / f"{_dense_key(cfg, data, seed)}.ckpt"
+    # One trainer per cache entry: a second process with the same key waits, then reads it.
+    with lock(cache.with_suffix(".lock"), what=f"dense-cache entry {cache}", wait=True,
+              on_wait=lambda pid: log(f"dense model (seed {seed}): waiting for PID {pid}, which is training it")):  # fmt: skip
+        return _cached_or_trained_dense_model(cfg, data, seed, cache, log)
+
+
+def _fresh_model(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    model = build_model(data.input_shape, data.num_classes, cfg.arch, cfg.hidden)
+    return build_model(data.input_shape, data.num_classes, cfg.arch, cfg.hidden)
+
+
+def _cached_or_trained_dense_model(
+    cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int, cache: Path, log: Callable[[str], None]
+) -> nn.Module:
+    remove_temp_files(cache.parent, cache.name)  # left by killed runs (the entry is locked: no live writer)
+    model = _fresh_model(cfg, data, seed)
     if cache.exists():
         try:
             model.load_state_dict(load_checkpoint(cache)["model"])
             log(f"dense model (seed {seed}): cached {cache}")
             return model
-        except Exception as err:  # a bad cache entry is rebuilt, never trusted
+        except (CheckpointError, KeyError, TypeError, RuntimeError) as err:  # rebuilt, never trusted
             log(f"dense model (seed {seed}): ignoring unusable cache entry {cache} ({err})")
+            model = _fresh_model(cfg, data, seed)  # load_state_dict may have copied part of it in
     device = torch.device(cfg.device)
     model.to(device).train()
     params = list(model.parameters())
@@ -407,6 +452,7 @@ class RunResult:
     count: dict[str, list[int]]  # split -> [G] samples
     history: list[dict[str, Any]]
     seconds_per_step: float  # mean wall time of a mitigation-phase training step
+    measured_sparsity: float = math.nan  # of the final model's masked layers (the requested one is ``sparsity``)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow (the values are JSON-ready lists and dicts): dataclasses.asdict would deep-copy
@@ -415,7 +461,18 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunResult":
-        return cls(**d)
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        if "measured_sparsity" not in d:  # written before it was recorded: the last epoch's
+            d["measured_sparsity"] = (d.get("history") or [{}])[-1].get("sparsity", math.nan)
+        run = cls(**d)
+        for split in ("train", "test"):  # the report reads these: a wrong shape fails here, not there
+            for key, _, _ in _COLUMNS:
+                float(run.summary[split][key])
+            if len(run.psi[split]) != len(run.count[split]):
+                raise ValueError(f"psi and count of {split} differ in length")
+        return run
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -447,19 +504,21 @@ class ExperimentResult:
                         mean, std = _mean_std([r.summary[split][key] for r in runs])
                         row[f"{split}_{key}"], row[f"{split}_{key}_std"] = mean, std
                 row["seconds_per_step"] = statistics.fmean(r.seconds_per_step for r in runs)
+                row["measured_sparsity"] = _mean_std([r.measured_sparsity for r in runs])[0]
                 out.append(row)
         return out
 
     def table(self) -> str:
         """The comparison as a markdown table (percent, mean ± std over seeds)."""
         eps = self.config.tolerance
-        heads = ["sparsity", "method"]
+        heads = ["sparsity (measured)", "method"]
         for split in ("train", "test"):
             heads += [f"{split} {h}" for _, h, _ in _COLUMNS]
         heads.append("ms/step")
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for row in self.rows():
-            cells = [f"{row['sparsity'] * 100:g}%", METHOD_LABELS.get(row["method"], row["method"])]
+            measured = "n/a" if math.isnan(row["measured_sparsity"]) else f"{row['measured_sparsity']:.2%}"
+            cells = [f"{sparsity_label(row['sparsity'])}% ({measured})", METHOD_LABELS.get(row["method"], row["method"])]
             for split in ("train", "test"):
                 for key, _, _ in _COLUMNS:
                     mean, std = row[f"{split}_{key}"], row[f"{split}_{key}_std"]
@@ -502,23 +561,45 @@ def _final_report(trainer: Trainer, data: datasets.GroupedDataset, cfg: Experime
     return summary, psi, count
 
 
-def _check_config_file(cfg: ExperimentConfig, out: Path) -> None:
-    """Refuse to mix results of different configs in one folder; write config.json."""
+#: The config fields that span the grid: a folder's experiment may grow along them.
+_GRID = ("methods", "sparsities", "seeds")
+
+
+def _check_config_file(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
+    """Refuse to mix results of different configs in one folder; write config.json.
+
+    The grid may grow: a re-run with other methods, sparsities or seeds adds them, and the
+    returned config (the one written) spans the union, so the folder's report keeps every
+    finished run. Any other difference raises :class:`~ceag.errors.UsageError`.
+    """
     path = out / "config.json"
-    now = {k: v for k, v in cfg.to_dict().items() if k not in cfg.PRESENTATION}
+    merged = cfg
     if path.exists():
-        saved = json.loads(path.read_text())
-        saved = {k: v for k, v in saved.items() if k not in cfg.PRESENTATION}
-        # The grid may grow (more seeds/methods/sparsities); everything else must agree.
-        grid = ("methods", "sparsities", "seeds")
-        diff = sorted(k for k in now if k not in grid and now[k] != saved.get(k))
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
+        except (ValueError, OSError) as err:
+            raise UsageError(f"{path} is not a readable experiment config ({err}); delete it or choose another --name") from None
+        now = {k: v for k, v in cfg.to_dict().items() if k not in cfg.PRESENTATION}
+        diff = sorted(k for k in now if k not in _GRID and k not in cfg.PRESENTATION and now[k] != saved.get(k))
         if diff:
-            raise ValueError(
+            raise UsageError(
                 f"{out} holds an experiment with a different config ({', '.join(diff)} differ); "
                 "choose another --name or delete the folder"
             )
+        union = {}
+        for k in _GRID:
+            old = saved.get(k)
+            old = [float(v) for v in old] if k == "sparsities" and isinstance(old, list) else old
+            union[k] = tuple(dict.fromkeys([*(old if isinstance(old, list) else []), *getattr(cfg, k)]))
+        try:
+            merged = dataclasses.replace(cfg, **union)
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"{path}: its grid cannot be extended ({err}); delete it or choose another --name") from None
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(cfg.to_dict(), indent=1).encode())
+    atomic_write(path, json.dumps(merged.to_dict(), indent=1).encode())
+    return merged
 
 
 def run_one(
@@ -558,8 +639,9 @@ def run_one(
         count=count,
         history=trainer.history,
         seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
+        measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
     )
-    _atomic_write(metrics, json.dumps(result.to_dict(), allow_nan=True).encode())
+    atomic_write(metrics, json.dumps(result.to_dict(), allow_nan=True).encode())
     return result
 
 
@@ -569,7 +651,7 @@ def _read_metrics(path: Path, log: Callable[[str], None]) -> RunResult | None:
         return None
     try:
         return RunResult.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as err:
         bad = path.with_name(path.name + ".corrupt")
         log(f"{path}: unreadable ({err}); moved to {bad.name}, the run is finished again from its checkpoint")
         path.replace(bad)
@@ -623,7 +705,7 @@ def _train_subset(data: datasets.GroupedDataset, n: int) -> datasets.GroupedData
     """``data`` with a fixed random subset of ``n`` training samples (the test split whole)."""
     total = len(data.train)
     if n > total:
-        raise ValueError(f"train_samples={n} is more than the {total} training samples of {data.name}")
+        raise UsageError(f"train_samples={n} is more than the {total} training samples of {data.name}")
     keep = torch.randperm(total, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:n].sort().values
     subset = torch.utils.data.TensorDataset(*(t[keep] for t in data.train.tensors))
     return dataclasses.replace(data, train=subset, description=f"{data.description} (train subset: {n} of {total})")
@@ -643,10 +725,28 @@ def run_experiment(
     """
     cfg.validate()
     out = cfg.output_dir
+    new_folder = not out.exists()
     check_output_dir(out)  # before fetching data or training: the folder takes files
+    try:
+        with lock(out / LOCK_NAME, what=f"experiment folder {out}"):
+            return _run_experiment(cfg, out, log=log, plots=plots, on_epoch_end=on_epoch_end)
+    except BaseException:
+        if new_folder and {p.name for p in out.iterdir()} <= {LOCK_NAME}:  # failed before writing anything
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_experiment(
+    cfg: ExperimentConfig,
+    out: Path,
+    *,
+    log: Callable[[str], None],
+    plots: bool,
+    on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None,
+) -> ExperimentResult:
     data = load_data(cfg)
     check_output_dir(out, _estimate_bytes(cfg, data))
-    _check_config_file(cfg, out)
+    folder_cfg = _check_config_file(cfg, out)
     grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
     log(
         f"{cfg.dataset}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
@@ -671,17 +771,26 @@ def run_experiment(
                 runs.append(r)
                 tr, te = r.summary["train"], r.summary["test"]
                 log(
-                    f"[{len(runs)}/{len(grid)}] {METHOD_LABELS[method]:<5} sparsity {sparsity:.0%} seed {seed}: "
+                    f"[{len(runs)}/{len(grid)}] {METHOD_LABELS[method]:<5} sparsity {r.measured_sparsity:.1%} seed {seed}: "
                     f"train acc {tr['accuracy']:.1%} max ψ {tr['max_psi']:.1%} | "
                     f"test acc {te['accuracy']:.1%} max ψ {te['max_psi']:.1%}"
                     + (" (cached)" if done else f" ({time.perf_counter() - start:.0f} s)")
                 )
-    result = ExperimentResult(cfg, runs, tuple(data.group_names), out)
-    _remove_temp_files(out)  # left by killed runs (results.json, config.json, ...)
+    # Runs of earlier commands in this folder (other methods, sparsities or seeds) stay in its report.
+    asked = {(r.method, r.sparsity, r.seed) for r in runs}
+    for seed in folder_cfg.seeds:
+        for sparsity in folder_cfg.sparsities:
+            for method in folder_cfg.methods:
+                if (method, sparsity, seed) not in asked:
+                    earlier = _read_metrics(out / run_dir_name(method, sparsity, seed) / "metrics.json", log)
+                    if earlier is not None:
+                        runs.append(earlier)
+    result = ExperimentResult(folder_cfg, runs, tuple(data.group_names), out)
+    remove_temp_files(out)  # left by killed runs (results.json, config.json, ...)
     if plots:
         result.plots = write_plots(result)
-    _atomic_write(out / "results.json", _json_chunks(result.to_dict(), indent=1))
-    _atomic_write(out / "results.md", (_markdown(result) + "\n").encode())
+    atomic_write(out / "results.json", _json_chunks(result.to_dict(), indent=1))
+    atomic_write(out / "results.md", (_markdown(result) + "\n").encode())
     return result
 
 
@@ -724,7 +833,7 @@ def write_plots(result: ExperimentResult) -> list[Path]:
     label = lambda m: METHOD_LABELS.get(m, m)  # noqa: E731
     for sparsity in cfg.sparsities:
         runs = [r for r in result.runs if r.sparsity == sparsity]
-        tag = f"s{round(sparsity * 100, 2):g}"
+        tag = f"s{sparsity_label(sparsity)}"
         for split in ("train", "test"):
             psi = {}
             for m in cfg.methods:

@@ -43,14 +43,10 @@ every rank holds the same multipliers; rank 0 writes files.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -62,12 +58,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ceag._io import (
+    LOCK_NAME,
+    CorruptFileError,
+    FolderInUseError,
+    OutputError,
+    atomic_write,
+    check_output_dir,
+    lock,
+    read_verified,
+    remove_temp_files,
+    write_verified,
+)
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, ConstrainedMethod, Method, build_method
 from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
 from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, sparsity_report
 
 __all__ = [
     "CheckpointError",
+    "FolderInUseError",
     "NonFiniteError",
     "OutputError",
     "TrainConfig",
@@ -98,7 +107,8 @@ class TrainConfig:
     Phases: ``dense_epochs`` of dense training (0: the given model is the dense model), then
     ``pruning_epochs`` of GMP (cubic, ``initial_sparsity`` → ``final_sparsity``, pruning
     every ``pruning_frequency`` epochs at the start of the epoch; the final pruning happens
-    at the start of sparse epoch ``pruning_epochs``; 0 is one-shot pruning), then
+    at the start of sparse epoch ``pruning_epochs``, or of the last pruning epoch when
+    ``mitigation_epochs`` is 0; 0 is one-shot pruning), then
     ``mitigation_epochs`` with the method's constraints active (unless
     ``constraints_during_pruning``, which activates them from the start).
 
@@ -206,6 +216,11 @@ class TrainConfig:
             bad("dual_optimizer", f"must be one of {', '.join(DUAL_OPTIMIZERS)}")
         for name in ("dense_epochs", "pruning_epochs", "mitigation_epochs"):
             integer(name, 0)
+        if self.sparse_epochs == 0:
+            raise ValueError(
+                "TrainConfig.pruning_epochs + mitigation_epochs must be >= 1: the sparse phase prunes and "
+                f"fine-tunes the model, got {self.pruning_epochs} + {self.mitigation_epochs}"
+            )
         integer("pruning_frequency", 1)
         real("initial_sparsity", 0.0, 1.0)
         real("final_sparsity", 0.0, 1.0)
@@ -224,17 +239,34 @@ class TrainConfig:
         integer("batch_size", 1)
         integer("eval_batch_size", 1)
         integer("num_workers", 0)
-        integer("seed", 0)
         integer("min_count", 1)
         integer("constrain_min_count", 0)
         integer("checkpoint_every_steps", 0)
         if self.on_nonfinite not in NONFINITE_ACTIONS:
             bad("on_nonfinite", "must be 'stop' or 'skip'")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            bad("device", "is not a torch device")
+        integer("seed", 0)
+        if self.seed >= 2**63:
+            bad("seed", "must be below 2**63")
+        check_device(self.device, "TrainConfig.device")
+        self._check_method()
         return self
+
+    def _check_method(self) -> None:
+        """Build the method once on placeholder statistics, so a bad option (backend, an
+        unknown keyword) fails here, before any training, naming itself."""
+        G = self.num_groups
+        if G > 1_000_000:  # the check allocates O(G · k); the run itself validates later
+            return
+        stats = GroupStats(count=torch.ones(G, dtype=torch.long), correct=torch.ones(G, dtype=torch.long),
+                           loss_sum=torch.zeros(G, dtype=torch.float64))  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                build_method(self.method, G, dense=stats, **self.method_kwargs())
+            except TypeError as err:
+                raise TypeError(f"TrainConfig.method_options: {err}") from None
+            except ValueError as err:
+                raise ValueError(f"TrainConfig.method_options / {self.method}: {err}") from None
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -272,6 +304,27 @@ class TrainConfig:
         return cls(**d)
 
 
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a torch.device that this machine has: "cpu" or an available "cuda[:i]";
+    ValueError naming ``name`` otherwise (meta, "cpu:1", CUDA on a CPU-only build, ...)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} {device!r} is not a torch device (use cpu or cuda[:index])") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ValueError(f"{name} {device!r}: there is one CPU device; use cpu")
+    elif dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"{name} {device!r} is not available: {why}; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    else:
+        raise ValueError(f"{name} {device!r} is not supported: ceag trains on cpu or cuda")
+    return dev
+
+
 def _milestones(fracs: Sequence[float], epochs: int) -> list[int]:
     return sorted({int(round(f * epochs)) for f in fracs if 0 < int(round(f * epochs)) < max(epochs, 1)})
 
@@ -287,7 +340,17 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-class CheckpointError(RuntimeError):
+#: (path, epoch, global step) of the newest run checkpoint this process wrote: what an
+#: interrupted ``ceag`` command says it leaves behind.
+_LAST_SAVED: tuple[Path, int, int] | None = None
+
+
+def last_saved() -> tuple[Path, int, int] | None:
+    """``(path, epoch, global_step)`` of the newest ``last.ckpt`` this process wrote, or None."""
+    return _LAST_SAVED
+
+
+class CheckpointError(CorruptFileError):
     """A checkpoint file is truncated, corrupted or not a ceag checkpoint."""
 
 
@@ -295,82 +358,25 @@ class NonFiniteError(RuntimeError):
     """A training step produced a NaN / Inf loss, multiplier or gradient (``on_nonfinite="stop"``)."""
 
 
-class OutputError(OSError):
-    """Output cannot be written: the folder is not writable, the disk is full, or a write failed.
-
-    ``errno`` is that of the underlying error (e.g. ``errno.ENOSPC``), where there is one.
-    """
-
-
-def _output_error(message: str, err: OSError | None = None) -> OutputError:
-    out = OutputError(message)
-    out.errno = err.errno if err is not None else None
-    return out
-
-
-def check_output_dir(folder: str | os.PathLike, need_bytes: int = 0) -> None:
-    """Raise :class:`OutputError` unless ``folder`` (created if missing) takes a probe file
-    (written and removed) and has at least ``need_bytes`` free."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".ceag-probe.", suffix=".tmp", dir=folder)
-        try:
-            os.write(fd, b"ceag")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        raise _output_error(f"output folder {folder} is not writable: {err.strerror or err}", err) from err
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise _output_error(
-            f"not enough free space for {folder}: {free / 2**20:.1f} MiB free, about "
-            f"{need_bytes / 2**20:.1f} MiB needed for checkpoints"
-        )
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *, previous: str | os.PathLike | None = None) -> Path:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
-    Layout: magic line, JSON header line (payload length and SHA-256), ``torch.save`` payload.
-    A crash at any point leaves either the previous file or the new one, never a mix.
-    ``previous``: once the new file is on disk, the old ``path`` (if any) is first renamed to
-    this, so the checkpoint before the newest survives (a crash between the two renames
-    leaves only ``previous``).
+    Layout: magic line, JSON header line (payload length and SHA-256), ``torch.save`` payload
+    (:func:`ceag._io.write_verified`). A crash at any point leaves either the previous file or
+    the new one, never a mix. ``previous``: once the new file is on disk, the old ``path`` (if
+    any) is first renamed to this, so the checkpoint before the newest survives (a crash
+    between the two renames leaves only ``previous``).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with buf.getbuffer() as payload:  # the serialized bytes in place (getvalue() would copy them)
-        header = json.dumps({"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}).encode() + b"\n"
-        _atomic_write(path, _MAGIC, header, payload, backup=None if previous is None else Path(previous))
-    return path
+    return write_verified(state, path, magic=_MAGIC, backup=previous)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, verifying length and SHA-256."""
-    path = Path(path)
-    with path.open("rb") as f:  # magic, header line, then the payload read once (no copies)
-        magic = f.read(len(_MAGIC))
-        if magic != _MAGIC:
-            raise CheckpointError(f"{path}: not a ceag checkpoint (bad magic; truncated or foreign file?)")
-        line = f.readline(1 << 16)
-        if not line.endswith(b"\n"):
-            raise CheckpointError(f"{path}: truncated checkpoint (no header)")
-        try:
-            header = json.loads(line[:-1])
-            length, digest = int(header["length"]), str(header["sha256"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{path}: corrupted checkpoint header ({e})") from None
-        payload = f.read()
-    if len(payload) != length:
-        raise CheckpointError(f"{path}: truncated or corrupted checkpoint: payload is {len(payload)} bytes, header says {length}")
-    if hashlib.sha256(payload).hexdigest() != digest:
-        raise CheckpointError(f"{path}: corrupted checkpoint: SHA-256 mismatch")
-    # Our own, checksum-verified file; it holds numpy RNG state and plain Python objects.
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying length and SHA-256.
+
+    Only tensors and plain Python values are unpickled: a crafted file that would run code
+    raises :class:`CheckpointError` instead.
+    """
+    return read_verified(path, magic=_MAGIC, what="checkpoint", error=CheckpointError, map_location=map_location)
 
 
 # ---------------------------------------------------------------------------------------
@@ -385,7 +391,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    # numpy's state as a tensor and plain values: checkpoints load with weights_only=True.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -394,7 +404,8 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -467,7 +478,9 @@ class Trainer:
             config.initial_sparsity,
             config.final_sparsity,
             start_step=0,
-            end_step=config.pruning_epochs,
+            # With no mitigation epochs the final pruning step moves to the last pruning epoch,
+            # so the model always ends at final_sparsity.
+            end_step=min(config.pruning_epochs, max(config.sparse_epochs - 1, 0)),
             frequency=config.pruning_frequency,
             scope=config.pruning_scope,
         )
@@ -608,7 +621,7 @@ class Trainer:
         e = epoch - c.dense_epochs
         self.schedule.step(self.model, e, optimizer=self.optimizer)
         if isinstance(self.method, ConstrainedMethod):
-            self.method.active = c.constraints_during_pruning or self.schedule.finished(e)
+            self.method.active = c.constraints_during_pruning or e >= c.pruning_epochs
 
     def _train_epoch(self, epoch: int, stop_at_step: int | None) -> None:
         c = self.config
@@ -761,13 +774,23 @@ class Trainer:
         ``fit(resume=True)`` continues the same run.
 
         With ``output_dir``, first checks that it is writable and has room for checkpoints
-        (:class:`OutputError` if not), and removes temp files a killed run left there.
+        (:class:`OutputError` if not), locks it (:class:`FolderInUseError` naming the PID
+        when another process trains in it) and removes temp files a killed run left there.
         """
+        if self.output_dir is None or not self.is_main:
+            return self._fit(resume, stop_after_epoch, stop_at_step)
+        if not self._started:
+            check_output_dir(self.output_dir, 3 * self._checkpoint_bytes())  # last, prev, temp
+        # One process per run folder: a second would delete this one's temp files and
+        # overwrite its checkpoints.
+        with lock(self.output_dir / LOCK_NAME, what=f"run folder {self.output_dir}"):
+            return self._fit(resume, stop_after_epoch, stop_at_step)
+
+    def _fit(self, resume: bool, stop_after_epoch: int | None, stop_at_step: int | None) -> list[dict[str, Any]]:
         c = self.config
         if not self._started:
             if self.output_dir is not None and self.is_main:
-                check_output_dir(self.output_dir, 3 * self._checkpoint_bytes())  # last, prev, temp
-                _remove_temp_files(self.output_dir)
+                remove_temp_files(self.output_dir)
             if not (resume and self._resume()):
                 _seed_everything(c.seed)
             self._started = True
@@ -807,9 +830,9 @@ class Trainer:
         import pandas as pd
 
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "history.json", _history_json(self.config.to_dict(), self.history))
+        atomic_write(out / "history.json", _history_json(self.config.to_dict(), self.history))
         flat = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in self.history]
-        _atomic_write(out / "history.csv", pd.DataFrame(flat).to_csv(index=False).encode())
+        atomic_write(out / "history.csv", pd.DataFrame(flat).to_csv(index=False).encode())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -868,6 +891,8 @@ class Trainer:
         previous = self.previous_checkpoint_path if self._keep_previous else None
         saved = save_checkpoint(self.state_dict(), self.checkpoint_path, previous=previous)
         self._keep_previous = True
+        global _LAST_SAVED
+        _LAST_SAVED = (saved, self.epoch, self.global_step)
         return saved
 
     def _resume(self) -> bool:
@@ -956,59 +981,6 @@ def _history_json(config: dict[str, Any], history: Sequence[dict[str, Any]]) -> 
     for i, row in enumerate(history):
         yield (b"\n  " if i == 0 else b",\n  ") + json.dumps(row, allow_nan=True).encode()
     yield b"\n ]\n}"
-
-
-def _atomic_write(path: Path, *chunks: bytes | Iterable[bytes], backup: Path | None = None) -> None:
-    """Write ``chunks`` to ``path`` atomically: temp file in the same folder, fsync, rename,
-    then fsync the folder so the rename itself is durable. Each chunk is bytes-like, or an
-    iterable of bytes written as it yields (a large file need not be built in memory). A crash leaves the old or the new
-    file, never a mix (a killed process may leave a ``.<name>.*.tmp`` file behind; see
-    :func:`_remove_temp_files`). ``backup``: rename the old ``path`` to it just before the
-    new file takes its place. A failed write raises :class:`OutputError` naming ``path``."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                if isinstance(chunk, (bytes, bytearray, memoryview)):
-                    f.write(chunk)
-                else:
-                    for piece in chunk:
-                        f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        if backup is not None and path.exists():
-            os.replace(path, backup)
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(err, OSError) and not isinstance(err, OutputError):
-            raise _output_error(f"cannot write {path}: {err.strerror or err}", err) from err
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _remove_temp_files(folder: Path, name: str = "*", older_than: float = 0.0) -> None:
-    """Remove the temp files :func:`_atomic_write` leaves when killed (``.<name>.*.tmp``),
-    those last modified more than ``older_than`` seconds ago."""
-    now = time.time()
-    for tmp in folder.glob(f".{name}.*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime >= older_than:
-                tmp.unlink()
-        except OSError:
-            pass
 
 
 def _nonfinite(loss: torch.Tensor, params: Sequence[torch.Tensor], multipliers: torch.Tensor | None = None) -> list[str]:

@@ -23,7 +23,7 @@ def test_compare_end_to_end(tmp_path, capsys):
                  "--output", str(tmp_path), "--name", "cmp"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
-    assert "| 80% | NFT |" in out and "| 80% | CEAG |" in out
+    assert re.search(r"\| 80% \(80\.\d\d%\) \| NFT \|", out) and re.search(r"\| 80% \(80\.\d\d%\) \| CEAG \|", out), out
     assert "plot:" in out and "results.md" in out
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert saved["config"]["seeds"] == [0, 1] and saved["config"]["sparsities"] == [0.8]

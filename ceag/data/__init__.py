@@ -15,7 +15,7 @@ offline, verified, and caches the preprocessed tensors. The command line equival
 """
 
 from ceag.data.core import DataCorruptError, DataFetchError, DataNotFoundError, GroupedDataset, data_dir
-from ceag.data.datasets import DATASETS, fetch, is_fetched, load
+from ceag.data.datasets import DATASETS, check_options, fetch, is_fetched, load
 from ceag.data.synthetic import synthetic
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "DataFetchError",
     "DataNotFoundError",
     "GroupedDataset",
+    "check_options",
     "data_dir",
     "fetch",
     "is_fetched",

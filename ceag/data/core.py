@@ -20,12 +20,16 @@ import shutil
 import statistics
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch.utils.data import TensorDataset
+
+from ceag._io import CorruptFileError, OutputError, read_verified, write_verified
+from ceag.errors import UsageError
 
 __all__ = [
     "DataCorruptError",
@@ -39,6 +43,10 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 _CHUNK = 1 << 20
+#: First line of a processed-data cache file (then a SHA-256 header: ceag._io.write_verified).
+_CACHE_MAGIC = b"CEAGDATA1\n"
+#: Cache file layout, part of its name: 2 is the checksummed one.
+_CACHE_FORMAT = 2
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,9 +195,14 @@ class GroupedDataset:
 def data_dir(root: str | os.PathLike | None = None) -> Path:
     """The folder holding one sub-folder per data set: ``root``, else ``$CEAG_DATA``, else
     ``~/.cache/ceag`` (not created here)."""
+    source = "the data folder"
     if root is None:
+        source = "$CEAG_DATA" if os.environ.get("CEAG_DATA") else "the default data folder"
         root = os.environ.get("CEAG_DATA") or Path.home() / ".cache" / "ceag"
-    return Path(root).expanduser()
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{source} {path} is a file, not a folder (set --data-dir or $CEAG_DATA to a folder)")
+    return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -296,42 +309,34 @@ def install_folder(stage: Path, target: Path, *, force: bool) -> None:
             raise
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is as readable as the raw files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cache_key(version: int, digests: Mapping[str, str]) -> str:
     """Cache file name for a preprocessing ``version`` and the raw files' ``digests``."""
-    h = hashlib.sha256(json.dumps({"version": version, "files": dict(sorted(digests.items()))}).encode())
+    key = {"version": version, "files": dict(sorted(digests.items()))}
+    if _CACHE_FORMAT > 1:  # format 1 (plain torch.save) files keep their names: they are stale
+        key["format"] = _CACHE_FORMAT
+    h = hashlib.sha256(json.dumps(key).encode())
     return f"processed-v{version}-{h.hexdigest()[:16]}.pt"
 
 
 def load_cached(path: Path) -> GroupedDataset | None:
-    """The cached dataset at ``path``, or None if it is missing or unreadable (then rebuilt)."""
+    """The cached dataset at ``path``; None if it is missing, or unusable (truncated, a bit
+    flipped, foreign: then a warning names it, and the caller rebuilds it from the raw files)."""
     if not path.is_file():
         return None
     try:
-        return GroupedDataset.from_payload(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception:  # a stale or truncated cache is rebuilt, never trusted
+        return GroupedDataset.from_payload(read_verified(path, magic=_CACHE_MAGIC, what="processed-data cache"))
+    except (CorruptFileError, KeyError, TypeError, ValueError) as err:
+        warnings.warn(f"ignoring the processed-data cache: {err}; rebuilding it from the raw files", RuntimeWarning, stacklevel=2)
         return None
 
 
 def store_cache(folder: Path, path: Path, dataset: GroupedDataset) -> None:
-    """Write the cache atomically and delete older ``processed-*.pt`` files in ``folder``."""
+    """Write the cache atomically (checksummed) and delete older ``processed-*.pt`` files in
+    ``folder``. A folder that takes no files (read-only data) still loads, without a cache."""
     try:
-        save_atomic(dataset.to_payload(), path)
-    except OSError:  # a read-only data folder still loads, just without the cache
+        write_verified(dataset.to_payload(), path, magic=_CACHE_MAGIC)
+    except OutputError as err:
+        warnings.warn(f"the processed-data cache is not written ({err}); the data is rebuilt on every load", RuntimeWarning, stacklevel=2)
         return
     for old in folder.glob("processed-*.pt"):
         if old != path:

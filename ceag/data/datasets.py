@@ -10,6 +10,7 @@ manifest, then returns the processed cache or builds and caches it.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from ceag.data.core import (
     verify_folder,
     write_manifest,
 )
+from ceag.data.synthetic import check_options as check_synthetic_options
 from ceag.data.synthetic import synthetic
 
 __all__ = ["DATASETS", "fetch", "is_fetched", "load"]
@@ -70,7 +72,8 @@ def fetch(name: str, root: str | os.PathLike | None = None, *, force: bool = Fal
         stage.mkdir()
         source.retrieve(work, stage, progress)
         write_manifest(stage, name, source.FILES, source.ORIGIN)
-        install_folder(stage, target, force=force)
+        # An incomplete folder (no manifest, a file missing) is replaced, not kept.
+        install_folder(stage, target, force=force or not is_complete(target, name, source.FILES))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say(f"{name}: ready in {target}", progress)
@@ -82,6 +85,20 @@ def is_fetched(name: str, root: str | os.PathLike | None = None) -> bool:
     hashed, :func:`load` does that). Always True for ``synthetic``."""
     source = _source(name)
     return source is None or is_complete(data_dir(root) / name, name, source.FILES)
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ValueError / TypeError (naming it) for an unknown data set or a bad option,
+    before anything is fetched, generated or written."""
+    if _source(name) is not None:
+        if options:
+            raise TypeError(f"load({name!r}) takes no options (only 'synthetic' does); got {sorted(options)}")
+        return
+    try:
+        inspect.signature(check_synthetic_options).bind(**options)
+    except TypeError as err:
+        raise TypeError(f"synthetic: {err}") from None
+    check_synthetic_options(**options)
 
 
 def load(name: str, root: str | os.PathLike | None = None, **options: Any) -> GroupedDataset:

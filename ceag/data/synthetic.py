@@ -101,6 +101,31 @@ def _rows(
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(group))
 
 
+def check_options(
+    num_groups: int = 20,
+    num_train: int = 20000,
+    num_test: int = 5000,
+    num_features: int = 32,
+    num_classes: int = 2,
+    minority_effect: float = 1.0,
+    imbalance: float = 1.0,
+    seed: int = 0,
+) -> tuple:
+    """:func:`synthetic`'s arguments, checked (the errors it documents), without generating."""
+    if isinstance(num_groups, numbers.Integral) and not isinstance(num_groups, bool) and num_groups > 100_000:
+        raise ValueError(f"synthetic: num_groups must be <= 100000, got {num_groups}")
+    return (
+        _integer("num_groups", num_groups, 1),
+        _integer("num_train", num_train, 1),
+        _integer("num_test", num_test, 0),
+        _integer("num_features", num_features, 2),
+        _integer("num_classes", num_classes, 2),
+        _real("minority_effect", minority_effect),
+        _real("imbalance", imbalance),
+        _integer("seed", seed, 0),
+    )
+
+
 def synthetic(
     num_groups: int = 20,
     num_train: int = 20000,
@@ -118,14 +143,9 @@ def synthetic(
     ``num_features < 2``, ``num_classes < 2``, a negative or non-finite ``minority_effect`` or
     ``imbalance``, or a negative ``seed``.
     """
-    num_groups = _integer("num_groups", num_groups, 1)
-    num_train = _integer("num_train", num_train, 1)
-    num_test = _integer("num_test", num_test, 0)
-    num_features = _integer("num_features", num_features, 2)
-    num_classes = _integer("num_classes", num_classes, 2)
-    minority_effect = _real("minority_effect", minority_effect)
-    imbalance = _real("imbalance", imbalance)
-    seed = _integer("seed", seed, 0)
+    num_groups, num_train, num_test, num_features, num_classes, minority_effect, imbalance, seed = check_options(
+        num_groups, num_train, num_test, num_features, num_classes, minority_effect, imbalance, seed
+    )
 
     k = max(1, num_features // 4)
     d = num_features - k

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ceag.ops import BACKENDS, GroupCrossEntropy, group_cross_entropy
-from ceag.ops._checks import INDEX_DTYPES, check_tensor
+from ceag.ops._checks import INDEX_DTYPES, check_num_groups, check_tensor
 
 __all__ = ["NFT", "PRIMALS", "Method", "StepOutput", "primal_group_weights"]
 
@@ -123,6 +123,7 @@ class Method(abc.ABC):
         device: torch.device | str | None = None,
     ) -> None:
         self.num_groups = _check_int("num_groups", num_groups, 1)
+        check_num_groups(self.num_groups, bytes_per_group=24 + 4 * 64)  # stats + a replay buffer
         self.label_smoothing = _to_float("label_smoothing", label_smoothing)
         if not 0.0 <= self.label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")

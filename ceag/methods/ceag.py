@@ -95,7 +95,7 @@ class CEAG(ConstrainedMethod):
         self._dense_known = (d.count > 0).to(device)
         self._dense_acc = torch.nan_to_num(d.accuracy, nan=0.0).to(device)
         self._dense_loss = torch.nan_to_num(d.loss, nan=0.0).to(device)
-        self._dense_overall_loss = torch.tensor(d.overall_loss, dtype=torch.float64, device=device)
+        self._dense_overall_loss = torch.tensor(d.overall_loss, dtype=torch.float64).to(device)
         self._shares = d.shares.to(device)
 
     def _buffer_values(self, out, logits, target):

@@ -363,6 +363,8 @@ class ConstrainedMethod(Method):
         if self.uses_buffers:
             self.buffer, self.head, self.fill = (t.to(device) for t in (self.buffer, self.head, self.fill))
             self._sums = None  # a new buffer tensor: its version counter says nothing about the cache
+        if self.constrained is not None:
+            self.constrained = self.constrained.to(device)
         self._move_constants(device)
         self.device = device
         return self

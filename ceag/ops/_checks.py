@@ -59,3 +59,17 @@ def check_index_ranges(*specs: tuple[str, torch.Tensor, int, bool]) -> None:
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+#: The most groups an op or method accepts: 2**24 groups already take ~400 MB of per-group
+#: outputs; beyond it a typo (``num_groups=10**9``) would try to allocate tens of GB.
+MAX_GROUPS = 2**24
+
+
+def check_num_groups(num_groups: int, bytes_per_group: int = 24) -> None:
+    """ValueError naming ``num_groups`` when it is above :data:`MAX_GROUPS`."""
+    if num_groups > MAX_GROUPS:
+        raise ValueError(
+            f"num_groups={num_groups} is more than {MAX_GROUPS} (2**24): the per-group state alone would "
+            f"take {num_groups * bytes_per_group / 2**30:.1f} GiB; group ids must be dense in [0, num_groups)"
+        )

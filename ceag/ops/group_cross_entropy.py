@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ceag.ops import reference
 from ceag.ops._backend import resolve_backend
-from ceag.ops._checks import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_tensor
+from ceag.ops._checks import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_num_groups, check_tensor
 
 __all__ = ["GroupCrossEntropy", "group_cross_entropy", "register_group_cross_entropy_autograd"]
 
@@ -260,6 +260,8 @@ def _validate(logits, target, group, num_groups, label_smoothing, ignore_index, 
         raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__}")
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    if not isinstance(num_groups, torch.SymInt):
+        check_num_groups(num_groups)
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"label_smoothing must be a real number, got {type(label_smoothing).__name__}")
     if not 0.0 <= float(label_smoothing) <= 1.0:

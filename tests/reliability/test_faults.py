@@ -37,6 +37,7 @@ import ceag.methods
 import ceag.train as train_mod
 from ceag.cli import main
 from ceag.nn import MaskedLinear
+import ceag._io as io_mod
 from ceag.train import CheckpointError, NonFiniteError, OutputError, TrainConfig, Trainer, load_checkpoint
 
 HELPER = Path(__file__).with_name("faults_kill.py")
@@ -470,21 +471,21 @@ def _one_line_exit(capsys, argv: list[str], only: bool = False) -> str:
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
 def test_unwritable_output_fails_before_anything_runs(tmp_path, capsys, monkeypatch, code):
     # As root, chmod does not stop writes: the refusal is simulated where the probe is made.
-    real = train_mod.tempfile.mkstemp
+    real = io_mod.tempfile.mkstemp
 
     def mkstemp(*a, dir=None, **k):
         if dir is not None and Path(dir).is_relative_to(tmp_path):
             raise OSError(code, os.strerror(code), str(dir))
         return real(*a, dir=dir, **k)
 
-    monkeypatch.setattr(train_mod.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(io_mod.tempfile, "mkstemp", mkstemp)
     monkeypatch.setattr("ceag.experiment.load_data", lambda cfg: pytest.fail("data loaded before the check"))
     err = _one_line_exit(capsys, ["run", *TINY, "--output", str(tmp_path)], only=True)
     assert err == f"ceag: error: output folder {tmp_path / 't'} is not writable: {os.strerror(code)}" + (
         " (free some space, fix the permissions or choose another --output; then re-run the same command to resume)"
     )
     with pytest.raises(OutputError, match="is not writable"):
-        train_mod.check_output_dir(tmp_path / "x")
+        io_mod.check_output_dir(tmp_path / "x")
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only folders")
@@ -501,7 +502,7 @@ def test_read_only_folder_for_real(tmp_path, capsys):
 
 def test_full_disk_fails_before_training(tmp_path, capsys, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    monkeypatch.setattr(io_mod.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
     err = _one_line_exit(capsys, ["run", *TINY, "--output", str(tmp_path)], only=True)
     assert "not enough free space for" in err and "0.0 MiB free" in err
     assert not (tmp_path / ".dense-cache").exists()
@@ -569,7 +570,7 @@ def test_corrupt_metrics_json_is_remade(tmp_path, capsys, tiny_reference):
 
 def test_trainer_checks_its_output_folder(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda path: usage(1, 1, 0))
+    monkeypatch.setattr(io_mod.shutil, "disk_usage", lambda path: usage(1, 1, 0))
     t = Trainer(_config(tmp_path), _model(), TensorDataset(*_data()))
     with pytest.raises(OutputError, match=f"not enough free space for {tmp_path}"):
         t.fit()
@@ -578,14 +579,14 @@ def test_trainer_checks_its_output_folder(tmp_path, monkeypatch):
 
 def test_atomic_write_failure_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "f.json"
-    train_mod._atomic_write(path, b"old")
+    io_mod.atomic_write(path, b"old")
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OutputError, match=f"cannot write {path}: No space left on device") as exc:
-        train_mod._atomic_write(path, b"new")
+        io_mod.atomic_write(path, b"new")
     assert exc.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
