@@ -24,10 +24,10 @@ imported when a function is called (``import ceag`` stays fast).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
-import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ceag._io import atomic_write
 from ceag.methods import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,26 +266,13 @@ def _no_data(ax: "Axes", text: str = "no finite values to plot") -> None:
 
 
 def _save_figure(fig: "Figure", path: Path) -> Path:
-    """Write ``fig`` as a PNG to ``path`` atomically: temp file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    """Write ``fig`` as a PNG to ``path`` atomically (:func:`ceag._io.atomic_write`)."""
+    buf = io.BytesIO()
     try:
-        # os.open with 0o666 so the final file gets the usual umask-derived mode (mkstemp gives 0600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI, metadata={"Software": "ceag"})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": "ceag"})
     finally:
         fig.clear()  # a pyplot-free Figure is not registered anywhere: clearing frees its artists
-    return path
+    return atomic_write(path, buf.getbuffer())
 
 
 # ---------------------------------------------------------------------------------------

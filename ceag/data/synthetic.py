@@ -101,29 +101,31 @@ def _rows(
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(group))
 
 
-def check_options(
-    num_groups: int = 20,
-    num_train: int = 20000,
-    num_test: int = 5000,
-    num_features: int = 32,
-    num_classes: int = 2,
-    minority_effect: float = 1.0,
-    imbalance: float = 1.0,
-    seed: int = 0,
-) -> tuple:
-    """:func:`synthetic`'s arguments, checked (the errors it documents), without generating."""
-    if isinstance(num_groups, numbers.Integral) and not isinstance(num_groups, bool) and num_groups > 100_000:
-        raise ValueError(f"synthetic: num_groups must be <= 100000, got {num_groups}")
-    return (
-        _integer("num_groups", num_groups, 1),
-        _integer("num_train", num_train, 1),
-        _integer("num_test", num_test, 0),
-        _integer("num_features", num_features, 2),
-        _integer("num_classes", num_classes, 2),
-        _real("minority_effect", minority_effect),
-        _real("imbalance", imbalance),
-        _integer("seed", seed, 0),
-    )
+#: Each option of :func:`synthetic` with its check (the value, normalised, or an error naming it).
+_CHECKS = {
+    "num_groups": lambda v: _integer("num_groups", v, 1),
+    "num_train": lambda v: _integer("num_train", v, 1),
+    "num_test": lambda v: _integer("num_test", v, 0),
+    "num_features": lambda v: _integer("num_features", v, 2),
+    "num_classes": lambda v: _integer("num_classes", v, 2),
+    "minority_effect": lambda v: _real("minority_effect", v),
+    "imbalance": lambda v: _real("imbalance", v),
+    "seed": lambda v: _integer("seed", v, 0),
+}
+#: More groups than this is a mistake (ceag's ops take up to 2**24, but not as a data set).
+MAX_GROUPS = 100_000
+
+
+def check_options(**options) -> dict:
+    """:func:`synthetic`'s keyword arguments checked and normalised, without generating
+    anything: TypeError for an unknown option, the errors :func:`synthetic` documents."""
+    unknown = sorted(set(options) - set(_CHECKS))
+    if unknown:
+        raise TypeError(f"synthetic: unknown option(s) {unknown}; expected some of {sorted(_CHECKS)}")
+    out = {k: _CHECKS[k](v) for k, v in options.items()}
+    if out.get("num_groups", 0) > MAX_GROUPS:
+        raise ValueError(f"synthetic: num_groups must be <= {MAX_GROUPS}, got {out['num_groups']}")
+    return out
 
 
 def synthetic(
@@ -143,9 +145,10 @@ def synthetic(
     ``num_features < 2``, ``num_classes < 2``, a negative or non-finite ``minority_effect`` or
     ``imbalance``, or a negative ``seed``.
     """
-    num_groups, num_train, num_test, num_features, num_classes, minority_effect, imbalance, seed = check_options(
-        num_groups, num_train, num_test, num_features, num_classes, minority_effect, imbalance, seed
-    )
+    o = check_options(num_groups=num_groups, num_train=num_train, num_test=num_test, num_features=num_features,
+                      num_classes=num_classes, minority_effect=minority_effect, imbalance=imbalance, seed=seed)  # fmt: skip
+    num_groups, num_train, num_test, num_features = o["num_groups"], o["num_train"], o["num_test"], o["num_features"]
+    num_classes, minority_effect, imbalance, seed = o["num_classes"], o["minority_effect"], o["imbalance"], o["seed"]
 
     k = max(1, num_features // 4)
     d = num_features - k

@@ -5,6 +5,7 @@ Every test here failed before its fix; docs/reliability.md ("Adversarial pass") 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -39,6 +40,22 @@ def _exit_2(capsys, argv: list[str]) -> str:
     lines = err.strip().splitlines()
     assert "Traceback" not in err and lines[-1].startswith("ceag: error: "), err
     return lines[-1]
+
+
+@contextlib.contextmanager
+def _held_by_another_process(path: Path, seconds: float = 60):
+    """A child process holds :func:`ceag._io.lock` on ``path`` for ``seconds``; yields it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from ceag._io import lock\n"
+         f"with lock({str(path)!r}, what='x'):\n print('held', flush=True); time.sleep({seconds})"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # -- 1. code execution from a checkpoint ---------------------------------------------------
@@ -169,20 +186,11 @@ def test_reports_state_the_measured_sparsity(tmp_path, capsys):
 
 
 def test_second_process_on_a_locked_folder_names_the_holder(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from ceag._io import lock\n"
-         f"with lock({str(tmp_path / LOCK_NAME)!r}, what='x'):\n print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(tmp_path / LOCK_NAME) as holder:
         with pytest.raises(FolderInUseError, match=f"in use by PID {holder.pid}") as exc:
             with lock(tmp_path / LOCK_NAME, what="run folder x"):
                 pass
         assert exc.value.pid == holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
     with lock(tmp_path / LOCK_NAME, what="x"):  # a killed holder leaves no stale lock
         with lock(tmp_path / LOCK_NAME, what="x"):  # nested in one process: no self-deadlock
             pass
@@ -218,21 +226,12 @@ def test_concurrent_cli_runs_on_one_name_and_sigterm(tmp_path):
 
 def test_trainer_locks_its_output_dir(tmp_path):
     t = _tiny_trainer(pruning_epochs=1, mitigation_epochs=1, output_dir=str(tmp_path))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from ceag._io import lock\n"
-         f"with lock({str(tmp_path / LOCK_NAME)!r}, what='x'):\n print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(tmp_path / LOCK_NAME) as holder:
         leftover = tmp_path / ".last.ckpt.abc.tmp"
         leftover.write_bytes(b"x")
         with pytest.raises(FolderInUseError, match=f"run folder {tmp_path} is in use by PID {holder.pid}"):
             t.fit()
         assert leftover.exists()  # nothing of the holder's was touched
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # -- 5. duplicates after normalisation ----------------------------------------------------------
@@ -414,9 +413,9 @@ def test_warnings_are_one_line(tmp_path, capsys, monkeypatch):
         raise exp.UsageError("stop here")
 
     monkeypatch.setattr(exp, "_run_experiment", warn)
-    err = _exit_2(capsys, ["run", *TINY, "--output", str(tmp_path)])
-    assert err == "ceag: error: stop here"
-    assert "ceag: warning: something to know\n" in capsys.readouterr().err or True
+    with pytest.raises(SystemExit):
+        main(["run", *TINY, "--output", str(tmp_path)])
+    assert capsys.readouterr().err.splitlines() == ["ceag: warning: something to know", "ceag: error: stop here"]
 
 
 def test_group_count_is_bounded():
@@ -428,3 +427,17 @@ def test_group_count_is_bounded():
         group_cross_entropy(x, t, t, 10**9)
     with pytest.raises(ValueError, match="num_groups=1000000000 is more than"):
         build_method("nft", 10**9)
+
+
+def test_dense_cache_entry_in_use_is_waited_for(tmp_path):
+    cfg = ExperimentConfig(dataset="synthetic", dataset_options={"num_groups": 4, "num_train": 300}, hidden=(8,),
+                           dense_epochs=1, pruning_epochs=1, mitigation_epochs=1, output_root=str(tmp_path),
+                           progress=False)  # fmt: skip
+    data = exp.load_data(cfg)
+    entry = tmp_path / exp.DENSE_CACHE / f"{exp._dense_key(cfg, data, 0)}.lock"
+    with _held_by_another_process(entry, seconds=1.5) as holder:
+        logs: list[str] = []
+        start = time.perf_counter()
+        dense_model(cfg, data, 0, log=logs.append)
+        assert time.perf_counter() - start > 0.5  # it waited for the holder's lock
+    assert logs[0] == f"dense model (seed 0): waiting for PID {holder.pid}, which is training it"
