@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import re
 import signal
 import sys
@@ -50,10 +51,20 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     d = ExperimentConfig.__dataclass_fields__
     default = lambda name: d[name].default  # noqa: E731
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="adult", help="adult, census-kdd, fashion-mnist or synthetic (default adult)")
-    g.add_argument("--groups", type=int, help="synthetic only: number of groups")
+    g.add_argument("--dataset", help="adult, census-kdd, fashion-mnist or synthetic (default adult)")
+    g.add_argument("--groups", help="your table: group columns, e.g. race,sex,age:bins=25,45,65 (their "
+                   "intersection is the group); synthetic: the number of groups")  # fmt: skip
     g.add_argument("--samples", type=int, help="synthetic only: number of training samples")
     g.add_argument("--minority-effect", type=float, help="synthetic only: strength of the group-specific rules")
+    g.add_argument("--data", metavar="PATH", help="your own table (.csv or .parquet) instead of --dataset; with --label and --groups")
+    g.add_argument("--label", help="your table: the label column")
+    g.add_argument("--test", metavar="PATH", help="your table: a test file with the same columns (default: --test-fraction)")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="your table: share of every group held out for test (default 0.2)")
+    g.add_argument("--features", type=_list(str), help="your table: feature columns (default: all but the label)")
+    g.add_argument("--missing-groups", choices=("level", "error"), default="level",
+                   help="your table: a missing group value is its own level NA (default) or an error")  # fmt: skip
+    g.add_argument("--impute", choices=("refuse", "mean"), default="refuse",
+                   help="your table: missing feature values are refused (default) or imputed from train (mean / most frequent)")  # fmt: skip
     g.add_argument("--train-samples", type=int, help="train on a fixed random subset of this many samples (default: all)")
     g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp or cnn")
     g.add_argument("--hidden", type=_list(int), default=default("hidden"), help="MLP hidden widths, e.g. 512,512")
@@ -125,16 +136,41 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     )  # fmt: skip
 
 
+def _integer_flag(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--{flag} must be an integer for --dataset synthetic, got {value!r}") from None
+
+
 def _config(args: argparse.Namespace, grid: str):
     from ceag.experiment import ExperimentConfig
 
+    args.dataset_given = args.dataset is not None
+    args.dataset = args.dataset or "adult"
     options: dict[str, Any] = {}
-    for flag, key in (("groups", "num_groups"), ("samples", "num_train"), ("minority_effect", "minority_effect")):
-        value = getattr(args, flag)
-        if value is not None:
-            if args.dataset != "synthetic":
-                raise ValueError(f"--{flag.replace('_', '-')} applies to --dataset synthetic only")
-            options[key] = value
+    dataset = args.dataset
+    table_flags = ("label", "test", "features")
+    if args.data is not None:
+        if args.dataset_given:
+            raise ValueError("--data and --dataset: give one (--data is your own table)")
+        if not args.label or not args.groups:
+            raise ValueError("--data needs --label (the label column) and --groups (the group columns)")
+        dataset = "table"
+        options = {"path": os.path.abspath(args.data), "label": args.label, "groups": args.groups,
+                   "test": os.path.abspath(args.test) if args.test else None, "test_fraction": args.test_fraction,
+                   "features": list(args.features) if args.features else None, "missing_groups": args.missing_groups,
+                   "impute": args.impute}  # fmt: skip
+    else:
+        for flag in table_flags:
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} applies to your own table (--data PATH) only")
+        for flag, key in (("groups", "num_groups"), ("samples", "num_train"), ("minority_effect", "minority_effect")):
+            value = getattr(args, flag)
+            if value is not None:
+                if args.dataset != "synthetic":
+                    raise ValueError(f"--{flag.replace('_', '-')} applies to --dataset synthetic or your own table (--data) only")
+                options[key] = _integer_flag(flag, value) if flag == "groups" else value
     if grid == "run":
         methods, sparsities, seeds = (args.method,), (args.sparsity,), (args.seed,)
     elif grid == "compare":
@@ -142,7 +178,7 @@ def _config(args: argparse.Namespace, grid: str):
     else:
         methods, sparsities, seeds = args.methods, args.sparsities, args.seeds
     return ExperimentConfig(
-        dataset=args.dataset,
+        dataset=dataset,
         dataset_options=options,
         train_samples=args.train_samples,
         arch=args.arch,

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
+from ceag.data.table import table_digest
 from ceag._io import LOCK_NAME, atomic_write, check_output_dir, lock, remove_temp_files
 from ceag.errors import UsageError
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
@@ -164,8 +165,8 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         """Raise ValueError / TypeError naming the first bad field."""
-        if self.dataset not in datasets.DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)}; got {self.dataset!r}")
+        if self.dataset not in datasets.DATASETS and self.dataset != datasets.TABLE:
+            raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)} or table; got {self.dataset!r}")
         datasets.check_options(self.dataset, self.dataset_options)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
@@ -306,7 +307,8 @@ class ExperimentConfig:
             return self.name
         methods = "-".join(self.methods)
         sparsities = "-".join(sparsity_label(s) for s in self.sparsities)
-        return f"{self.dataset}-{methods}-s{sparsities}"
+        data = Path(self.dataset_options["path"]).stem if self.dataset == datasets.TABLE else self.dataset
+        return f"{data}-{methods}-s{sparsities}"
 
     @property
     def output_dir(self) -> Path:
@@ -348,6 +350,8 @@ def _dense_key(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) 
         "torch": torch.__version__.split("+")[0],
         "version": 1,
     }
+    if cfg.dataset == datasets.TABLE:  # the file's content, not only its path
+        fields["table"] = table_digest(cfg.dataset_options)
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     return f"{cfg.dataset}-seed{seed}-{digest}"
 
@@ -689,7 +693,7 @@ def resolution_note(count: torch.Tensor, tolerance: float, min_count: int) -> st
 
 def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
     """The experiment's data set, fetching it first if needed (real data sets only)."""
-    if cfg.dataset != "synthetic" and not datasets.is_fetched(cfg.dataset, cfg.data_root):
+    if cfg.dataset in datasets.DATASETS and cfg.dataset != "synthetic" and not datasets.is_fetched(cfg.dataset, cfg.data_root):
         datasets.fetch(cfg.dataset, cfg.data_root, progress=cfg.progress)
     data = datasets.load(cfg.dataset, cfg.data_root, **cfg.dataset_options)
     if cfg.train_samples is not None:

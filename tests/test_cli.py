@@ -58,7 +58,7 @@ def test_sweep_defaults():
         (["run", "--method", "fairgrape"], "unknown method 'fairgrape'"),
         (["compare", "--methods", "nft,nft"], "duplicates"),
         (["sweep", "--seeds", "-3"], "seeds"),
-        (["run", "--groups", "10"], "--groups applies to --dataset synthetic only"),
+        (["run", "--groups", "10"], "--groups applies to --dataset synthetic or your own table (--data) only"),
         (["run", "--buffer-size", "0"], "buffer_size"),
         (["run", "--max-multiplier-sum", "-1"], "max_multiplier_sum must be > 0"),
         (["data", "fetch", "imagenet"], "unknown dataset 'imagenet'"),

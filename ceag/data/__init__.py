@@ -15,11 +15,13 @@ offline, verified, and caches the preprocessed tensors. The command line equival
 """
 
 from ceag.data.core import DataCorruptError, DataFetchError, DataNotFoundError, GroupedDataset, data_dir
-from ceag.data.datasets import DATASETS, check_options, fetch, is_fetched, load
+from ceag.data.datasets import DATASETS, TABLE, check_options, fetch, is_fetched, load
+from ceag.data.table import load_table
 from ceag.data.synthetic import synthetic
 
 __all__ = [
     "DATASETS",
+    "TABLE",
     "DataCorruptError",
     "DataFetchError",
     "DataNotFoundError",
@@ -29,5 +31,6 @@ __all__ = [
     "fetch",
     "is_fetched",
     "load",
+    "load_table",
     "synthetic",
 ]

@@ -31,11 +31,14 @@ from ceag.data.core import (
     write_manifest,
 )
 from ceag.data.synthetic import check_options as check_synthetic_options
+from ceag.data.table import check_table_options, load_table
 from ceag.data.synthetic import synthetic
 
 __all__ = ["DATASETS", "fetch", "is_fetched", "load"]
 
 DATASETS: tuple[str, ...] = ("adult", "census-kdd", "fashion-mnist", "synthetic")
+#: Not a bundled data set: the user's own CSV / Parquet file (options: load_table's arguments).
+TABLE = "table"
 _SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (adult, census_kdd, fashion_mnist)}
 
 
@@ -88,7 +91,11 @@ def is_fetched(name: str, root: str | os.PathLike | None = None) -> bool:
 
 def check_options(name: str, options: dict[str, Any]) -> None:
     """Raise ValueError / TypeError (naming it) for an unknown data set or a bad option,
-    before anything is fetched, generated or written."""
+    before anything is fetched, generated or written. ``"table"`` is the user's own file
+    (:func:`ceag.data.table.load_table`'s arguments)."""
+    if name == TABLE:
+        check_table_options(**options)
+        return
     if _source(name) is not None:
         if options:
             raise TypeError(f"load({name!r}) takes no options (only 'synthetic' does); got {sorted(options)}")
@@ -105,6 +112,8 @@ def load(name: str, root: str | os.PathLike | None = None, **options: Any) -> Gr
     :class:`DataCorruptError`); then the preprocessed tensors come from
     ``processed-v<version>-<key>.pt`` in the folder, built and written atomically on first use.
     """
+    if name == TABLE:
+        return load_table(**options)
     source = _source(name)
     if source is None:
         return synthetic(**options)
