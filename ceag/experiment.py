@@ -756,7 +756,12 @@ def _run_experiment(
         f"{cfg.dataset}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
         f"{len(grid)} runs -> {out}"
     )
-    note = resolution_note(torch.bincount(data.train.tensors[2], minlength=data.num_groups), cfg.tolerance, cfg.min_count)
+    counts = torch.bincount(data.train.tensors[2], minlength=data.num_groups)
+    small = int(((counts > 0) & (counts < cfg.min_count)).sum())
+    if small:
+        log(f"reports: {small} of {int((counts > 0).sum())} groups have fewer than {cfg.min_count} training samples "
+            f"and are left out of ψ (one sample moves their ψ_g by more than {100 / cfg.min_count:.1f} points; --min-count)")  # fmt: skip
+    note = resolution_note(counts, cfg.tolerance, cfg.min_count)
     if note:
         log(note)
     runs: list[RunResult] = []

@@ -426,6 +426,22 @@ class DisparityReport:
         n = self.num_included
         return float((self.psi[self.included] <= self.tolerance).sum()) / n if n else math.nan
 
+    @property
+    def num_excluded(self) -> int:
+        """Groups with samples in both statistics but fewer than ``min_count`` in one."""
+        present = (self.count > 0) & (self.dense_count > 0)
+        return int((present & ~self.included).sum())
+
+    def exclusion_note(self) -> str:
+        """One line on the groups left out for their size ("" if none)."""
+        n = self.num_excluded
+        if not n:
+            return ""
+        return (
+            f"{n} of {int(((self.count > 0) & (self.dense_count > 0)).sum())} groups left out: fewer than "
+            f"{self.min_count} samples, where one sample moves ψ_g by more than {100 / self.min_count:.1f} points"
+        )
+
     def summary(self) -> dict[str, Any]:
         statuses = {s: self.status.count(s) for s in (STATUS_WITHIN, STATUS_VIOLATES, STATUS_UNKNOWN, STATUS_ABSENT)}
         return {
@@ -444,6 +460,8 @@ class DisparityReport:
             "num_violates": statuses[STATUS_VIOLATES],
             "num_too_small": statuses[STATUS_UNKNOWN],
             "num_absent": statuses[STATUS_ABSENT],
+            "num_excluded": self.num_excluded,
+            "min_count": self.min_count,
         }
 
     def to_dataframe(self, group_names: Sequence[str] | None = None):
@@ -472,12 +490,16 @@ class DisparityReport:
         return pd.DataFrame(cols, index=index)
 
 
+#: Groups with fewer samples are left out of reports unless asked (``min_count``).
+DEFAULT_MIN_COUNT = 30
+
+
 def disparity(
     dense: GroupStats,
     sparse: GroupStats,
     tolerance: float = 0.0,
     *,
-    min_count: int = 1,
+    min_count: int = DEFAULT_MIN_COUNT,
     confidence: float = 0.95,
 ) -> DisparityReport:
     """Disparate impact of pruning: ψ_g = ΔA_g − ΔA per group, on one split.
@@ -485,7 +507,10 @@ def disparity(
     Args:
         dense, sparse: statistics of the dense and the sparse model on the same split.
         tolerance: ε >= 0 of the constraint ψ_g ≤ ε.
-        min_count: groups with fewer samples than this in either statistics are excluded.
+        min_count: groups with fewer samples than this in either statistics are excluded
+            (default 30: below it one sample moves ψ_g by more than 3 points, and a max ψ
+            taken over such groups reports noise; :meth:`DisparityReport.exclusion_note`
+            says how many were left out).
         confidence: level of the *simultaneous* interval on ψ_g (and of each Wilson interval
             on an accuracy, reported alongside).
 

@@ -71,7 +71,7 @@ from ceag._io import (
     write_verified,
 )
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, ConstrainedMethod, Method, build_method
-from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
+from ceag.metrics import DEFAULT_MIN_COUNT, GroupStats, dense_reference, disparity, evaluate
 from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, sparsity_report
 
 __all__ = [
@@ -163,7 +163,7 @@ class TrainConfig:
     device: str = "cpu"
     eval_train: bool = True
     eval_test: bool = True
-    min_count: int = 1
+    min_count: int = DEFAULT_MIN_COUNT
     output_dir: str | None = None
     checkpoint_every_steps: int = 0
     progress: bool = True

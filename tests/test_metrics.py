@@ -107,7 +107,7 @@ def test_disparity_status_within_violates_and_too_small():
     big = 100_000
     dense = _stats([big, big, big, 20], [int(0.9 * big), int(0.9 * big), int(0.9 * big), 18])
     sparse = _stats([big, big, big, 20], [int(0.9 * big), int(0.7 * big), int(0.9 * big), 15])
-    r = disparity(dense, sparse, tolerance=0.02)
+    r = disparity(dense, sparse, tolerance=0.02, min_count=1)
     assert r.status[0] == STATUS_WITHIN
     assert r.status[1] == STATUS_VIOLATES
     assert r.status[3] == STATUS_UNKNOWN
@@ -117,7 +117,7 @@ def test_disparity_status_within_violates_and_too_small():
 
 
 def test_disparity_dataframe_and_summary():
-    r = disparity(_stats([10, 0, 30], [8, 0, 20]), _stats([10, 0, 30], [6, 0, 21]), tolerance=0.1)
+    r = disparity(_stats([10, 0, 30], [8, 0, 20]), _stats([10, 0, 30], [6, 0, 21]), tolerance=0.1, min_count=1)
     df = r.to_dataframe(group_names=["a", "b", "c"])
     assert list(df.index) == ["a", "b", "c"] and df.index.name == "group"
     for col in ("count", "dense_accuracy", "sparse_accuracy", "accuracy_gap", "psi", "psi_lower", "psi_upper", "status",
@@ -139,3 +139,13 @@ def test_disparity_bad_arguments():
         disparity(a, GroupStats.zeros(3))
     with pytest.raises(TypeError, match="GroupStats"):
         disparity(a, None)
+
+
+def test_small_groups_are_left_out_by_default_and_counted():
+    dense = _stats([10, 29, 30, 500, 0], [9, 20, 27, 450, 0])
+    sparse = _stats([10, 29, 30, 500, 0], [1, 10, 25, 440, 0])
+    r = disparity(dense, sparse, tolerance=0.01)
+    assert r.min_count == 30 and r.included.tolist() == [False, False, True, True, False]
+    assert r.num_excluded == 2 and r.summary()["num_excluded"] == 2
+    assert r.exclusion_note() == "2 of 4 groups left out: fewer than 30 samples, where one sample moves ψ_g by more than 3.3 points"
+    assert disparity(dense, sparse, min_count=1).exclusion_note() == ""

@@ -877,7 +877,7 @@ def test_metrics_legal_edge_cases(campaign):
     rep = campaign.expect_ok(lambda: disparity(GroupStats.zeros(2), GroupStats.zeros(2)))
     assert rep.num_included == 0 and math.isnan(rep.psi_pw) and math.isnan(rep.overall_gap)
     d = GroupStats(T([10, 10]), T([9, 8]), T([1.0, 2.0]))
-    rep = campaign.expect_ok(lambda: disparity(d, d, math.inf))
+    rep = campaign.expect_ok(lambda: disparity(d, d, math.inf, min_count=1))
     assert rep.frac_within_tolerance == 1.0
     gs = campaign.expect_ok(lambda: GroupStats(T([3.0, 2.0]), T([1.0, 2.0]), T([1.0, math.nan])))  # whole floats
     assert gs.count.dtype == torch.int64 and math.isnan(float(gs.loss[1]))
