@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - not on Linux/macOS
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "CEAG_CHECKPOINT_MAGIC",
     "LOCK_NAME",
     "CorruptFileError",
     "FolderInUseError",
@@ -40,6 +41,8 @@ __all__ = [
     "write_verified",
 ]
 
+#: First line of a ceag checkpoint (then a SHA-256 header: :func:`write_verified`).
+CEAG_CHECKPOINT_MAGIC = b"CEAGCKPT1\n"
 #: The lock file :func:`lock` keeps in a locked folder (holds the owner's PID).
 LOCK_NAME = ".ceag.lock"
 

@@ -44,12 +44,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
-    from ceag.experiment import ExperimentConfig
-    from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
-
-    d = ExperimentConfig.__dataclass_fields__
-    default = lambda name: d[name].default  # noqa: E731
+def _add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The data flags shared by the experiment commands and ``audit``; returns their group."""
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", help="adult, census-kdd, fashion-mnist or synthetic (default adult)")
     g.add_argument("--groups", help="your table: group columns, e.g. race,sex,age:bins=25,45,65 (their "
@@ -65,6 +61,17 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
                    help="your table: a missing group value is its own level NA (default) or an error")  # fmt: skip
     g.add_argument("--impute", choices=("refuse", "mean"), default="refuse",
                    help="your table: missing feature values are refused (default) or imputed from train (mean / most frequent)")  # fmt: skip
+    g.add_argument("--data-dir", help="data folder of the bundled data sets (default $CEAG_DATA or ~/.cache/ceag)")
+    return g
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
+    from ceag.experiment import ExperimentConfig
+    from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
+
+    d = ExperimentConfig.__dataclass_fields__
+    default = lambda name: d[name].default  # noqa: E731
+    g = _add_data_args(p)
     g.add_argument("--train-samples", type=int, help="train on a fixed random subset of this many samples (default: all)")
     g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp or cnn")
     g.add_argument("--hidden", type=_list(int), default=default("hidden"), help="MLP hidden widths, e.g. 512,512")
@@ -119,7 +126,6 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--name", help="run folder name (default: from dataset, methods and sparsities)")
     g.add_argument("--output", default=default("output_root"), help="root folder of runs (default runs)")
-    g.add_argument("--data-dir", help="data folder (default $CEAG_DATA or ~/.cache/ceag)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -143,9 +149,8 @@ def _integer_flag(flag: str, value: str) -> int:
         raise ValueError(f"--{flag} must be an integer for --dataset synthetic, got {value!r}") from None
 
 
-def _config(args: argparse.Namespace, grid: str):
-    from ceag.experiment import ExperimentConfig
-
+def _data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(dataset name, dataset options) from the data flags; ValueError naming a flag."""
     args.dataset_given = args.dataset is not None
     args.dataset = args.dataset or "adult"
     options: dict[str, Any] = {}
@@ -171,6 +176,13 @@ def _config(args: argparse.Namespace, grid: str):
                 if args.dataset != "synthetic":
                     raise ValueError(f"--{flag.replace('_', '-')} applies to --dataset synthetic or your own table (--data) only")
                 options[key] = _integer_flag(flag, value) if flag == "groups" else value
+    return dataset, options
+
+
+def _config(args: argparse.Namespace, grid: str):
+    from ceag.experiment import ExperimentConfig
+
+    dataset, options = _data_options(args)
     if grid == "run":
         methods, sparsities, seeds = (args.method,), (args.sparsity,), (args.seed,)
     elif grid == "compare":
@@ -263,6 +275,45 @@ def _experiment(args: argparse.Namespace, grid: str) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ceag import audit as audit_mod
+    from ceag.errors import UsageError
+    from ceag.experiment import ExperimentConfig, load_data
+
+    try:
+        dataset, options = _data_options(args)
+        if args.rows < 1:
+            raise ValueError(f"--rows must be >= 1, got {args.rows}")
+        cfg = ExperimentConfig(dataset=dataset, dataset_options=options, data_root=args.data_dir, tolerance=args.tolerance,
+                               min_count=args.min_count, progress=not args.no_progress, methods=("nft",))  # fmt: skip
+        sparse_path = Path(args.sparse)
+        # A run's last.ckpt is named after its run folder.
+        name = args.name or f"audit-{sparse_path.parent.name if sparse_path.stem in ('last', 'prev') else sparse_path.stem}"
+        ExperimentConfig(name=name)  # the same folder-name rules as experiments
+    except (ValueError, TypeError) as err:
+        raise UsageError(_naming_the_flag(str(err), args.parser, "audit")) from None
+    data = load_data(cfg)
+    dense = audit_mod.load_model(args.dense, data, arch=args.arch, hidden=args.hidden)
+    sparse = audit_mod.load_model(args.sparse, data, arch=args.arch, hidden=args.hidden)
+    try:
+        reports = audit_mod.audit(dense, sparse, data, tolerance=args.tolerance, min_count=args.min_count, confidence=args.confidence)
+    except ValueError as err:  # e.g. a model whose outputs do not match the data
+        raise UsageError(f"the models do not fit the data: {err}") from None
+    folder = Path(args.output) / name
+    written = audit_mod.write_audit(reports, data.group_names, folder, plots=not args.no_plots)
+    print(f"{data.name}: {data.num_groups} groups; sparse model {audit_mod.sparsity_of(sparse):.1%} sparse (masked layers)")
+    for split, r in reports.items():
+        print()
+        print(audit_mod._summary_line(split, r))
+        print(audit_mod._table(r, data.group_names, rows=args.rows))
+    print()
+    for p in written:
+        print(f"written: {p}")
+    return 0
+
+
 def _print_worst_groups(result, k: int = 5) -> None:
     run = result.runs[0]
     psi = run.psi["train"]
@@ -312,6 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(grid, help=text, description=text)
         _add_experiment_args(p, grid=grid)
         p.set_defaults(handler=lambda a, g=grid: _experiment(a, g), parser=p)
+
+    text = "per-group report of a pruned model against its dense one, without training"
+    a = sub.add_parser("audit", help=text, description=text)
+    g = a.add_argument_group("models")
+    g.add_argument("--dense", required=True, metavar="FILE", help="the dense model: TorchScript, a ceag checkpoint or a state_dict")
+    g.add_argument("--sparse", required=True, metavar="FILE", help="the pruned model, in any of the same forms")
+    g.add_argument("--arch", default="auto", help="for state_dict files: auto (MLP for tables, CNN for images), mlp or cnn")
+    g.add_argument("--hidden", type=_list(int), default=(512, 512), help="for state_dict files: MLP hidden widths")
+    _add_data_args(a)
+    g = a.add_argument_group("report")
+    g.add_argument("--tolerance", "--epsilon", dest="tolerance", type=float, default=0.01, help="ε (default 0.01)")
+    g.add_argument("--min-count", type=int, default=30, help="leave out groups with fewer samples (default 30)")
+    g.add_argument("--confidence", type=float, default=0.95, help="level of the simultaneous intervals (default 0.95)")
+    g.add_argument("--rows", type=int, default=15, help="groups printed per split, worst first (default 15; all in audit.md)")
+    g.add_argument("--output", default="runs", help="root folder (default runs)")
+    g.add_argument("--name", help="folder name (default audit-<sparse file name>)")
+    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+    a.set_defaults(handler=_audit, parser=a, train_samples=None)
 
     d = sub.add_parser("data", help="fetch and list the bundled data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -59,6 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ceag._io import (
+    CEAG_CHECKPOINT_MAGIC,
     LOCK_NAME,
     CorruptFileError,
     FolderInUseError,
@@ -92,7 +93,7 @@ METHOD_NAMES = tuple(METHODS)
 CHECKPOINT_NAME = "last.ckpt"
 PREVIOUS_CHECKPOINT_NAME = "prev.ckpt"
 NONFINITE_ACTIONS = ("stop", "skip")
-_MAGIC = b"CEAGCKPT1\n"
+_MAGIC = CEAG_CHECKPOINT_MAGIC
 
 
 # ---------------------------------------------------------------------------------------
