@@ -52,8 +52,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    "intersection is the group); synthetic: the number of groups")  # fmt: skip
     g.add_argument("--samples", type=int, help="synthetic only: number of training samples")
     g.add_argument("--minority-effect", type=float, help="synthetic only: strength of the group-specific rules")
-    g.add_argument("--data", metavar="PATH", help="your own table (.csv or .parquet) instead of --dataset; with --label and --groups")
+    g.add_argument("--data", metavar="PATH", help="your own table (.csv or .parquet; with --label and --groups) or image "
+                   "folder (class subfolders; with --attributes and --groups) instead of --dataset")  # fmt: skip
     g.add_argument("--label", help="your table: the label column")
+    g.add_argument("--attributes", metavar="FILE", help="your image folder: a CSV with a 'file' column and the attribute columns")
+    g.add_argument("--image-size", type=_size, help="your image folder: resize every image to HxW (default: the first image's size)")
     g.add_argument("--test", metavar="PATH", help="your table: a test file with the same columns (default: --test-fraction)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="your table: share of every group held out for test (default 0.2)")
     g.add_argument("--features", type=_list(str), help="your table: feature columns (default: all but the label)")
@@ -73,7 +76,7 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     default = lambda name: d[name].default  # noqa: E731
     g = _add_data_args(p)
     g.add_argument("--train-samples", type=int, help="train on a fixed random subset of this many samples (default: all)")
-    g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp or cnn")
+    g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56")
     g.add_argument("--hidden", type=_list(int), default=default("hidden"), help="MLP hidden widths, e.g. 512,512")
     g.add_argument("--dense-epochs", type=int, default=default("dense_epochs"))
     g.add_argument("--dense-lr", type=float, default=default("dense_lr"))
@@ -142,6 +145,19 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
     )  # fmt: skip
 
 
+def _size(text: str) -> tuple[int, int]:
+    """An image size given as 32x32 (or one number for a square)."""
+    try:
+        parts = [int(t) for t in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 32x32; got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 32x32; got {text!r}")
+    return parts[0], parts[1]
+
+
 def _integer_flag(flag: str, value: str) -> int:
     try:
         return int(value)
@@ -155,10 +171,26 @@ def _data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     args.dataset = args.dataset or "adult"
     options: dict[str, Any] = {}
     dataset = args.dataset
-    table_flags = ("label", "test", "features")
-    if args.data is not None:
+    table_flags = ("label", "features")
+    image_flags = ("attributes", "image_size")
+    if args.data is not None and os.path.isdir(args.data):
+        if args.dataset_given:
+            raise ValueError("--data and --dataset: give one (--data is your own image folder)")
+        for flag in table_flags:
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} applies to a table; --data {args.data} is an image folder")
+        if not args.attributes or not args.groups:
+            raise ValueError("--data DIR (images) needs --attributes (a CSV of each file's attributes) and --groups")
+        dataset = "images"
+        options = {"path": os.path.abspath(args.data), "attributes": os.path.abspath(args.attributes), "groups": args.groups,
+                   "test": os.path.abspath(args.test) if args.test else None, "test_fraction": args.test_fraction,
+                   "image_size": list(args.image_size) if args.image_size else None, "missing_groups": args.missing_groups}  # fmt: skip
+    elif args.data is not None:
         if args.dataset_given:
             raise ValueError("--data and --dataset: give one (--data is your own table)")
+        for flag in image_flags:
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} applies to an image folder; --data {args.data} is a table")
         if not args.label or not args.groups:
             raise ValueError("--data needs --label (the label column) and --groups (the group columns)")
         dataset = "table"
@@ -167,9 +199,9 @@ def _data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                    "features": list(args.features) if args.features else None, "missing_groups": args.missing_groups,
                    "impute": args.impute}  # fmt: skip
     else:
-        for flag in table_flags:
+        for flag in (*table_flags, "test", *image_flags):
             if getattr(args, flag) is not None:
-                raise ValueError(f"--{flag} applies to your own table (--data PATH) only")
+                raise ValueError(f"--{flag.replace('_', '-')} applies to your own data (--data PATH) only")
         for flag, key in (("groups", "num_groups"), ("samples", "num_train"), ("minority_effect", "minority_effect")):
             value = getattr(args, flag)
             if value is not None:
@@ -369,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = a.add_argument_group("models")
     g.add_argument("--dense", required=True, metavar="FILE", help="the dense model: TorchScript, a ceag checkpoint or a state_dict")
     g.add_argument("--sparse", required=True, metavar="FILE", help="the pruned model, in any of the same forms")
-    g.add_argument("--arch", default="auto", help="for state_dict files: auto (MLP for tables, CNN for images), mlp or cnn")
+    g.add_argument("--arch", default="auto", help="for state_dict files: auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56")
     g.add_argument("--hidden", type=_list(int), default=(512, 512), help="for state_dict files: MLP hidden widths")
     _add_data_args(a)
     g = a.add_argument_group("report")

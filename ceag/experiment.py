@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ceag import data as datasets
+from ceag.data.images import image_digest
 from ceag.data.table import table_digest
 from ceag._io import LOCK_NAME, atomic_write, check_output_dir, lock, remove_temp_files
 from ceag.errors import UsageError
@@ -165,8 +166,8 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         """Raise ValueError / TypeError naming the first bad field."""
-        if self.dataset not in datasets.DATASETS and self.dataset != datasets.TABLE:
-            raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)} or table; got {self.dataset!r}")
+        if self.dataset not in (*datasets.DATASETS, datasets.TABLE, datasets.IMAGES):
+            raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)}, table or images; got {self.dataset!r}")
         datasets.check_options(self.dataset, self.dataset_options)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
@@ -307,7 +308,8 @@ class ExperimentConfig:
             return self.name
         methods = "-".join(self.methods)
         sparsities = "-".join(sparsity_label(s) for s in self.sparsities)
-        data = Path(self.dataset_options["path"]).stem if self.dataset == datasets.TABLE else self.dataset
+        own = self.dataset in (datasets.TABLE, datasets.IMAGES)
+        data = Path(self.dataset_options["path"]).stem if own else self.dataset
         return f"{data}-{methods}-s{sparsities}"
 
     @property
@@ -352,6 +354,8 @@ def _dense_key(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) 
     }
     if cfg.dataset == datasets.TABLE:  # the file's content, not only its path
         fields["table"] = table_digest(cfg.dataset_options)
+    if cfg.dataset == datasets.IMAGES:
+        fields["images"] = image_digest(cfg.dataset_options)
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     return f"{cfg.dataset}-seed{seed}-{digest}"
 

@@ -15,12 +15,14 @@ offline, verified, and caches the preprocessed tensors. The command line equival
 """
 
 from ceag.data.core import DataCorruptError, DataFetchError, DataNotFoundError, GroupedDataset, data_dir
-from ceag.data.datasets import DATASETS, TABLE, check_options, fetch, is_fetched, load
+from ceag.data.datasets import DATASETS, IMAGES, TABLE, check_options, fetch, is_fetched, load
+from ceag.data.images import load_images
 from ceag.data.table import load_table
 from ceag.data.synthetic import synthetic
 
 __all__ = [
     "DATASETS",
+    "IMAGES",
     "TABLE",
     "DataCorruptError",
     "DataFetchError",
@@ -31,6 +33,7 @@ __all__ = [
     "fetch",
     "is_fetched",
     "load",
+    "load_images",
     "load_table",
     "synthetic",
 ]

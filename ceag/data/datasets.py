@@ -30,6 +30,7 @@ from ceag.data.core import (
     verify_folder,
     write_manifest,
 )
+from ceag.data.images import check_image_options, load_images
 from ceag.data.synthetic import check_options as check_synthetic_options
 from ceag.data.table import check_table_options, load_table
 from ceag.data.synthetic import synthetic
@@ -39,6 +40,8 @@ __all__ = ["DATASETS", "fetch", "is_fetched", "load"]
 DATASETS: tuple[str, ...] = ("adult", "census-kdd", "fashion-mnist", "synthetic")
 #: Not a bundled data set: the user's own CSV / Parquet file (options: load_table's arguments).
 TABLE = "table"
+#: Not a bundled data set: the user's own image folder (options: load_images' arguments).
+IMAGES = "images"
 _SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (adult, census_kdd, fashion_mnist)}
 
 
@@ -96,6 +99,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     if name == TABLE:
         check_table_options(**options)
         return
+    if name == IMAGES:
+        check_image_options(**options)
+        return
     if _source(name) is not None:
         if options:
             raise TypeError(f"load({name!r}) takes no options (only 'synthetic' does); got {sorted(options)}")
@@ -114,6 +120,8 @@ def load(name: str, root: str | os.PathLike | None = None, **options: Any) -> Gr
     """
     if name == TABLE:
         return load_table(**options)
+    if name == IMAGES:
+        return load_images(**options)
     source = _source(name)
     if source is None:
         return synthetic(**options)
