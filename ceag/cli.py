@@ -14,6 +14,7 @@ command finishes (or re-reports) the same experiment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -294,7 +295,10 @@ def _experiment(args: argparse.Namespace, grid: str) -> int:
     except (ValueError, TypeError) as err:  # every config field is a flag: name it
         raise UsageError(_naming_the_flag(str(err), args.parser, grid)) from None
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    result = run_experiment(cfg, log=log, plots=not args.no_plots)
+    with _distributed(cfg) as rank:
+        result = run_experiment(cfg, log=log, plots=not args.no_plots)
+        if rank != 0:
+            return 0
     print()
     print(cfg.header(len(result.group_names)))
     print(result.table())
@@ -344,6 +348,36 @@ def _audit(args: argparse.Namespace) -> int:
     for p in written:
         print(f"written: {p}")
     return 0
+
+
+@contextlib.contextmanager
+def _distributed(cfg):
+    """Under ``torchrun`` (WORLD_SIZE > 1): one process group for the command (gloo on CPU,
+    nccl on CUDA, each rank on its LOCAL_RANK GPU); ranks other than 0 print nothing.
+    Yields this process's rank (0 without torchrun)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield dist.get_rank() if dist.is_initialized() else 0
+        return
+    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(cfg.device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    quiet = open(os.devnull, "w") if rank != 0 else None
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext(), warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")  # rank 0 says it once
+            yield rank
+    finally:
+        if quiet:
+            quiet.close()
+        dist.destroy_process_group()
 
 
 def _print_worst_groups(result, k: int = 5) -> None:

@@ -55,6 +55,9 @@ from ceag.train import (
     NonFiniteError,
     TrainConfig,
     Trainer,
+    _dist,
+    barrier,
+    broadcast_from_main,
     _IndexBatches,
     _listing,
     _nonfinite,
@@ -372,10 +375,18 @@ def dense_model(
     ``cfg.on_nonfinite``.
     """
     cache = Path(cfg.output_root) / DENSE_CACHE / f"{_dense_key(cfg, data, seed)}.ckpt"
+    rank, world = _dist()
+    if rank != 0:  # data parallel: rank 0 trains (or loads) and caches it; the others read it
+        barrier()
+        model = _fresh_model(cfg, data, seed)
+        model.load_state_dict(load_checkpoint(cache)["model"])
+        return model
     # One trainer per cache entry: a second process with the same key waits, then reads it.
     with lock(cache.with_suffix(".lock"), what=f"dense-cache entry {cache}", wait=True,
               on_wait=lambda pid: log(f"dense model (seed {seed}): waiting for PID {pid}, which is training it")):  # fmt: skip
-        return _cached_or_trained_dense_model(cfg, data, seed, cache, log)
+        model = _cached_or_trained_dense_model(cfg, data, seed, cache, log)
+    barrier()
+    return model
 
 
 def _fresh_model(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) -> nn.Module:
@@ -414,7 +425,7 @@ def _cached_or_trained_dense_model(
             loss = nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            bad = _nonfinite(loss, params)
+            bad = _nonfinite(loss, params, across_ranks=False)  # rank 0 alone trains the dense model
             if bad:
                 where = f"dense training (seed {seed}), epoch {epoch}, step {step + 1}: non-finite {_listing(bad)}"
                 if cfg.on_nonfinite == "stop":
@@ -629,7 +640,7 @@ def run_one(
 
     out = cfg.output_dir / run_dir_name(method, sparsity, seed)
     metrics = out / "metrics.json"
-    done = _read_metrics(metrics, log)
+    done = broadcast_from_main(_read_metrics(metrics, log) if _dist()[0] == 0 else None)
     if done is not None:
         return done
     tcfg = cfg.train_config(method, sparsity, seed, num_groups=data.num_groups, output_dir=str(out))
@@ -649,7 +660,8 @@ def run_one(
         seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
         measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
     )
-    atomic_write(metrics, json.dumps(result.to_dict(), allow_nan=True).encode())
+    if trainer.is_main:
+        atomic_write(metrics, json.dumps(result.to_dict(), allow_nan=True).encode())
     return result
 
 
@@ -733,6 +745,8 @@ def run_experiment(
     """
     cfg.validate()
     out = cfg.output_dir
+    if _dist()[1] > 1 and _dist()[0] != 0:  # data parallel (torchrun): rank 0 writes and logs
+        return _run_experiment(cfg, out, log=lambda msg: None, plots=False, on_epoch_end=on_epoch_end)
     new_folder = not out.exists()
     check_output_dir(out)  # before fetching data or training: the folder takes files
     try:
@@ -752,9 +766,11 @@ def _run_experiment(
     plots: bool,
     on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None,
 ) -> ExperimentResult:
+    main = _dist()[0] == 0
     data = load_data(cfg)
-    check_output_dir(out, _estimate_bytes(cfg, data))
-    folder_cfg = _check_config_file(cfg, out)
+    if main:
+        check_output_dir(out, _estimate_bytes(cfg, data))
+        folder_cfg = _check_config_file(cfg, out)
     grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
     log(
         f"{cfg.dataset}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
@@ -773,7 +789,8 @@ def _run_experiment(
         dense = None
         for sparsity in cfg.sparsities:
             for method in cfg.methods:
-                r = _read_metrics(out / run_dir_name(method, sparsity, seed) / "metrics.json", log)
+                # Rank 0 decides (it may move a bad metrics.json aside); every rank follows.
+                r = broadcast_from_main(_read_metrics(out / run_dir_name(method, sparsity, seed) / "metrics.json", log) if main else None)
                 done = r is not None
                 if dense is None and not done:
                     dense = dense_model(cfg, data, seed, log=log)
@@ -789,6 +806,8 @@ def _run_experiment(
                     f"test acc {te['accuracy']:.1%} max ψ {te['max_psi']:.1%}"
                     + (" (cached)" if done else f" ({time.perf_counter() - start:.0f} s)")
                 )
+    if not main:
+        return ExperimentResult(cfg, runs, tuple(data.group_names), out)
     # Runs of earlier commands in this folder (other methods, sparsities or seeds) stay in its report.
     asked = {(r.method, r.sparsity, r.seed) for r in runs}
     for seed in folder_cfg.seeds:

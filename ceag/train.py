@@ -416,6 +416,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def barrier() -> None:
+    """``torch.distributed.barrier()`` when several processes train together; else nothing."""
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a picklable object); ``obj`` itself in one process."""
+    if _dist()[1] == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _dist() -> tuple[int, int]:
     """(rank, world size); (0, 1) without an initialised process group."""
     d = torch.distributed
@@ -885,16 +900,20 @@ class Trainer:
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Checkpoint the run (rank 0) to ``path`` or ``output_dir/last.ckpt`` (the latter
         moving the previous ``last.ckpt`` to ``prev.ckpt``)."""
-        if path is not None:
-            return save_checkpoint(self.state_dict(), path) if self.is_main else None
-        if self.checkpoint_path is None or not self.is_main:
-            return None
-        previous = self.previous_checkpoint_path if self._keep_previous else None
-        saved = save_checkpoint(self.state_dict(), self.checkpoint_path, previous=previous)
-        self._keep_previous = True
-        global _LAST_SAVED
-        _LAST_SAVED = (saved, self.epoch, self.global_step)
-        return saved
+        try:
+            if path is not None:
+                return save_checkpoint(self.state_dict(), path) if self.is_main else None
+            if self.checkpoint_path is None or not self.is_main:
+                return None
+            previous = self.previous_checkpoint_path if self._keep_previous else None
+            saved = save_checkpoint(self.state_dict(), self.checkpoint_path, previous=previous)
+            self._keep_previous = True
+            global _LAST_SAVED
+            _LAST_SAVED = (saved, self.epoch, self.global_step)
+            return saved
+        finally:
+            if self.world_size > 1:  # no rank runs ahead of a checkpoint that is not on disk yet
+                torch.distributed.barrier()
 
     def _resume(self) -> bool:
         """Load ``last.ckpt``, else ``prev.ckpt``; False if neither exists. A truncated or
@@ -984,7 +1003,9 @@ def _history_json(config: dict[str, Any], history: Sequence[dict[str, Any]]) -> 
     yield b"\n ]\n}"
 
 
-def _nonfinite(loss: torch.Tensor, params: Sequence[torch.Tensor], multipliers: torch.Tensor | None = None) -> list[str]:
+def _nonfinite(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], multipliers: torch.Tensor | None = None, *, across_ranks: bool = True
+) -> list[str]:
     """Which of the step's loss, ``multipliers`` and gradient norm (of ``params``' grads) are
     NaN / Inf: their names, [] when all are finite. One host synchronisation when all are."""
     values = {"loss": loss.detach().float().reshape(())}
@@ -994,7 +1015,7 @@ def _nonfinite(loss: torch.Tensor, params: Sequence[torch.Tensor], multipliers: 
     if grads:
         values["gradients"] = torch.nn.utils.get_total_norm(grads).float().to(loss.device)
     total = sum(v * 0 for v in values.values())  # NaN iff some value is NaN / Inf
-    if _dist()[1] > 1:  # every rank takes the same decision
+    if across_ranks and _dist()[1] > 1:  # every rank takes the same decision
         total = total.clone()
         torch.distributed.all_reduce(total)
     if math.isfinite(total):
