@@ -773,7 +773,7 @@ def _run_experiment(
         folder_cfg = _check_config_file(cfg, out)
     grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
     log(
-        f"{cfg.dataset}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
+        f"{data.name}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
         f"{len(grid)} runs -> {out}"
     )
     counts = torch.bincount(data.train.tensors[2], minlength=data.num_groups)
