@@ -179,7 +179,8 @@ def read_verified(
     if hashlib.sha256(payload).hexdigest() != digest:
         raise error(f"{path}: corrupted {what}: SHA-256 mismatch")
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message is a page of advice; keep its one line that says what was found.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
@@ -188,6 +189,16 @@ def read_verified(
             f"{path}: refused to load: the {what} holds objects other than tensors and plain Python values "
             f"({first}); it was not written by this version of ceag, or was tampered with"
         ) from None
+
+
+def _legacy_numpy_globals() -> list:
+    """What a uint32 numpy array needs to unpickle: checkpoints written before numpy's RNG
+    state was stored as a tensor hold one. These build plain arrays only; any other global
+    (a function to call, a class to instantiate) is still refused."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def remove_temp_files(folder: str | os.PathLike, name: str = "*", older_than: float = 0.0) -> None:

@@ -441,3 +441,20 @@ def test_dense_cache_entry_in_use_is_waited_for(tmp_path):
         dense_model(cfg, data, 0, log=logs.append)
         assert time.perf_counter() - start > 0.5  # it waited for the holder's lock
     assert logs[0] == f"dense model (seed 0): waiting for PID {holder.pid}, which is training it"
+
+
+def test_checkpoints_of_the_previous_format_still_load(tmp_path):
+    """Before this change numpy's RNG state was pickled as an ndarray: such a checkpoint loads
+    (only the array-building globals are allowed), and resuming restores that state."""
+    import random
+
+    import numpy as np
+
+    from ceag.train import _set_rng_state
+
+    np.random.seed(7)
+    legacy = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    want = np.random.rand(3).tolist()
+    path = save_checkpoint({"rng": legacy, "model": {"w": torch.ones(2)}}, tmp_path / "old.ckpt")
+    _set_rng_state(load_checkpoint(path)["rng"])
+    assert np.random.rand(3).tolist() == want
