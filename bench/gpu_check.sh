@@ -16,7 +16,7 @@ nvidia-smi || true
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 "$PY" -c "import pytest, pytest_benchmark, hypothesis" || echo "MISSING test deps (pytest, pytest-benchmark, hypothesis)"
 
-# 1. Build: editable install (scikit-build-core), else CMake directly + ceag/kernels link.
+# 1. Build: editable install (scikit-build-core), else CMake directly (PYTHONPATH=the checkout).
 export MAX_JOBS=${MAX_JOBS:-16} CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 if "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/gpu-build.log" 2>&1; then
   STATUS[build]="ok (pip -e)"
@@ -28,7 +28,6 @@ else
   if cmake --build build/gpu -j "$MAX_JOBS" >> "$OUT/gpu-build.log" 2>&1; then
     CEAG_EXTENSION_PATH=$(ls "$PWD"/build/gpu/_C*.so | head -1)
     export CEAG_EXTENSION_PATH PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-    [ -e ceag/kernels ] || ln -s ../kernels ceag/kernels  # what the wheel's package map does
     STATUS[build]="ok (cmake, $CEAG_EXTENSION_PATH)"
   else
     tail -30 "$OUT/gpu-build.log"
