@@ -16,6 +16,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -349,7 +351,7 @@ inline Chunking make_chunking(int64_t N, int64_t C, int64_t G) {
 
 void check_common(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& group,
                   double label_smoothing) {
-  TORCH_CHECK(logits.device().is_cpu(), "logits must be a CPU tensor, got ", logits.device());
+  check_cpu(logits, "logits");
   TORCH_CHECK(logits.dim() == 2, "logits must be 2-D [N, C], got shape ", logits.sizes());
   TORCH_CHECK(logits.size(1) >= 1, "logits must have at least one class, got shape ",
               logits.sizes());
@@ -359,18 +361,11 @@ void check_common(const at::Tensor& logits, const at::Tensor& target, const at::
   const int64_t N = logits.size(0);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"target", target},
                                 std::pair<const char*, const at::Tensor&>{"group", group}}) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == N, name, " must be 1-D of length N=", N,
-                ", got shape ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, name,
-                " must be int64 or int32, got ", t.scalar_type());
+    check_cpu(t, name);
+    check_index_1d(t, name, N);
   }
   TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
               "label_smoothing must be in [0, 1], got ", label_smoothing);
-}
-
-at::ScalarType acc_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 inline void check_row(int64_t i, int64_t t, int64_t g, int64_t C, int64_t G, int64_t ignore_index) {
@@ -553,7 +548,7 @@ Outputs6 forward_impl(const at::Tensor& logits_, const at::Tensor& target_,
   at::Tensor w;
   if (group_weight.has_value()) {
     const at::Tensor& gw = *group_weight;
-    TORCH_CHECK(gw.device().is_cpu(), "group_weight must be a CPU tensor, got ", gw.device());
+    check_cpu(gw, "group_weight");
     TORCH_CHECK(gw.dim() == 1 && gw.size(0) == G, "group_weight must be 1-D of length num_groups=",
                 G, ", got shape ", gw.sizes());
     TORCH_CHECK(at::isFloatingType(gw.scalar_type()), "group_weight must be floating point, got ",
@@ -595,13 +590,12 @@ at::Tensor group_cross_entropy_backward_cpu(const at::Tensor& grad_loss_sum,
   const at::Tensor logits = logits_.contiguous();
   const int64_t N = logits.size(0);
   const auto acc = acc_dtype(logits);
-  TORCH_CHECK(grad_loss_sum.device().is_cpu(), "grad_loss_sum must be a CPU tensor, got ",
-              grad_loss_sum.device());
+  check_cpu(grad_loss_sum, "grad_loss_sum");
   TORCH_CHECK(grad_loss_sum.dim() == 1 && grad_loss_sum.size(0) >= 1,
               "grad_loss_sum must be 1-D [num_groups], got shape ", grad_loss_sum.sizes());
   TORCH_CHECK(at::isFloatingType(grad_loss_sum.scalar_type()),
               "grad_loss_sum must be floating point, got ", grad_loss_sum.scalar_type());
-  TORCH_CHECK(lse_.device().is_cpu(), "lse must be a CPU tensor, got ", lse_.device());
+  check_cpu(lse_, "lse");
   TORCH_CHECK(lse_.dim() == 1 && lse_.size(0) == N, "lse must be 1-D of length N=", N,
               ", got shape ", lse_.sizes());
   TORCH_CHECK(at::isFloatingType(lse_.scalar_type()), "lse must be floating point, got ",

@@ -18,6 +18,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -62,9 +64,9 @@ void check_layout(const char* ptr_name, const at::Tensor& ptr, const char* idx_n
 
 void check_common(const at::Tensor& a, const char* a_name, int64_t a_cols_expected,
                   const char* cols_what, const at::Tensor& weight, const at::Tensor& mask) {
-  TORCH_CHECK(a.device().is_cpu(), a_name, " must be a CPU tensor, got ", a.device());
-  TORCH_CHECK(weight.device().is_cpu(), "weight must be a CPU tensor, got ", weight.device());
-  TORCH_CHECK(mask.device().is_cpu(), "mask must be a CPU tensor, got ", mask.device());
+  check_cpu(a, a_name);
+  check_cpu(weight, "weight");
+  check_cpu(mask, "mask");
   TORCH_CHECK(a.dim() == 2, a_name, " must be 2-D, got shape ", a.sizes());
   TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [N, K], got shape ", weight.sizes());
   TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
@@ -224,7 +226,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
   const int64_t K = weight.dim() == 2 ? weight.size(1) : 0;
   check_common(x, "x", K, "K (weight.size(1))", weight, mask);
   if (bias.has_value()) {
-    TORCH_CHECK(bias->device().is_cpu(), "bias must be a CPU tensor, got ", bias->device());
+    check_cpu(*bias, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [", N, "], got ",
                 bias->sizes());
     TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias dtype ", bias->scalar_type(),
@@ -295,10 +297,10 @@ at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_y, const at::Ten
                                          const std::optional<at::Tensor>& csr_ptr,
                                          const std::optional<at::Tensor>& csr_idx) {
   TORCH_CHECK(mask.dim() == 2, "mask must be 2-D [N, K], got shape ", mask.sizes());
-  TORCH_CHECK(mask.device().is_cpu(), "mask must be a CPU tensor, got ", mask.device());
+  check_cpu(mask, "mask");
   TORCH_CHECK(mask.scalar_type() == at::kBool, "mask must be bool, got ", mask.scalar_type());
-  TORCH_CHECK(grad_y.device().is_cpu(), "grad_y must be a CPU tensor, got ", grad_y.device());
-  TORCH_CHECK(x.device().is_cpu(), "x must be a CPU tensor, got ", x.device());
+  check_cpu(grad_y, "grad_y");
+  check_cpu(x, "x");
   const int64_t N = mask.size(0), K = mask.size(1);
   TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(1) == N, "grad_y must have shape [B, ", N,
               "], got ", grad_y.sizes());

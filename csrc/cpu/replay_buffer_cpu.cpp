@@ -5,6 +5,8 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -13,25 +15,25 @@ namespace {
 
 void replay_buffer_update_cpu(at::Tensor& buffer, at::Tensor& head, at::Tensor& fill,
                               const at::Tensor& group_, const at::Tensor& values_) {
-  TORCH_CHECK(buffer.device().is_cpu(), "buffer must be a CPU tensor, got ", buffer.device());
+  check_cpu(buffer, "buffer");
   TORCH_CHECK(buffer.dim() == 2, "buffer must be 2-D [num_groups, k], got shape ", buffer.sizes());
   const int64_t G = buffer.size(0), k = buffer.size(1);
   TORCH_CHECK(k >= 1, "buffer must have k >= 1 slots per group, got shape ", buffer.sizes());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"head", head},
                                 std::pair<const char*, const at::Tensor&>{"fill", fill}}) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+    check_cpu(t, name);
     TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
     TORCH_CHECK(t.dim() == 1 && t.size(0) == G, name, " must be 1-D of length num_groups=", G,
                 ", got shape ", t.sizes());
     TORCH_CHECK(t.is_contiguous(), name, " must be contiguous (it is updated in place)");
   }
   TORCH_CHECK(buffer.is_contiguous(), "buffer must be contiguous (it is updated in place)");
-  TORCH_CHECK(group_.device().is_cpu(), "group must be a CPU tensor, got ", group_.device());
+  check_cpu(group_, "group");
   TORCH_CHECK(group_.dim() == 1, "group must be 1-D, got shape ", group_.sizes());
   TORCH_CHECK(group_.scalar_type() == at::kLong || group_.scalar_type() == at::kInt,
               "group must be int64 or int32, got ", group_.scalar_type());
   const int64_t N = group_.size(0);
-  TORCH_CHECK(values_.device().is_cpu(), "values must be a CPU tensor, got ", values_.device());
+  check_cpu(values_, "values");
   TORCH_CHECK(values_.dim() == 1 && values_.size(0) == N, "values must be 1-D of length N=", N,
               ", got shape ", values_.sizes());
   TORCH_CHECK(values_.scalar_type() == buffer.scalar_type(), "values must have the buffer's dtype ",

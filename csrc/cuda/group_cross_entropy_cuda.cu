@@ -23,6 +23,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -260,11 +262,9 @@ void check_inputs(const char* op, const at::Tensor& logits, const at::Tensor& ta
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// Statistics (loss_sum, lse, group_weight, grad_loss_sum) are float64 for float64 logits and
-// float32 otherwise, as on the CPU backend.
-at::ScalarType acc_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+// Statistics (loss_sum, lse, group_weight, grad_loss_sum) are in ceag::acc_dtype: float64 for
+// float64 logits and float32 otherwise, as on the CPU backend.
+using ceag::acc_dtype;
 
 // Shared by the plain and the weighted forward; grad_logits/group_weight are undefined for
 // the plain one.
