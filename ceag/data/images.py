@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ceag.data.core import GroupedDataset
-from ceag.data.table import _check_group_count, _group_values, _read, _split, parse_group_columns
+from ceag.data.table import _check_group_count, _group_values, _read, _split, check_known_and_required, parse_group_columns
 from ceag.errors import UsageError
 
 __all__ = ["IMAGE_SUFFIXES", "check_image_options", "image_digest", "load_images"]
@@ -174,13 +174,7 @@ def load_images(
 def check_image_options(**options: Any) -> None:
     """:func:`load_images`' arguments checked without reading images (UsageError naming one)."""
     allowed = {"path", "attributes", "groups", "test", "test_fraction", "image_size", "missing_groups", "seed"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UsageError(f"images: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
-    for name in ("path", "attributes", "groups"):
-        if not options.get(name):
-            raise UsageError(f"images: {name} is required (--data DIR, --attributes FILE, --groups)")
-    parse_group_columns(options["groups"])
+    check_known_and_required("images", options, allowed, ("path", "attributes", "groups"), "--data DIR, --attributes FILE, --groups")
     for name in ("path", "test"):
         p = options.get(name)
         if p is not None and not Path(p).is_dir():

@@ -306,16 +306,21 @@ def _check_group_count(names: Sequence[str], columns: Sequence[GroupColumn]) -> 
         raise UsageError(f"the group columns {[c.name for c in columns]} make {count} groups, more than {MAX_TABLE_GROUPS}")
 
 
+def check_known_and_required(what: str, options: dict[str, Any], allowed: set[str], required: Sequence[str], flags: str) -> None:
+    """UsageError for an option outside ``allowed``, a missing ``required`` one, or bad ``groups``."""
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UsageError(f"{what}: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
+    for name in required:
+        if not options.get(name):
+            raise UsageError(f"{what}: {name} is required ({flags})")
+    parse_group_columns(options["groups"])
+
+
 def check_table_options(**options: Any) -> None:
     """:func:`load_table`'s arguments checked without reading the file (UsageError naming one)."""
     allowed = {"path", "label", "groups", "test", "test_fraction", "features", "missing_groups", "impute", "seed"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UsageError(f"table: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
-    for name in ("path", "label", "groups"):
-        if not options.get(name):
-            raise UsageError(f"table: {name} is required (--data, --label, --groups)")
-    parse_group_columns(options["groups"])
+    check_known_and_required("table", options, allowed, ("path", "label", "groups"), "--data, --label, --groups")
     fraction = options.get("test_fraction", 0.2)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise UsageError(f"test_fraction must be in (0, 1), got {fraction!r}")
