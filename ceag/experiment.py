@@ -52,19 +52,16 @@ from ceag.prune import sparsity_report
 from ceag.train import (
     METHOD_NAMES,
     CheckpointError,
-    NonFiniteError,
     TrainConfig,
     Trainer,
-    _dist,
     barrier,
     broadcast_from_main,
-    _IndexBatches,
-    _listing,
-    _nonfinite,
-    epoch_permutation,
+    fit_dense,
     load_checkpoint,
+    rank_and_world,
     save_checkpoint,
 )
+from ceag.train.dense import DENSE_OPTIMIZERS
 
 __all__ = [
     "METHOD_LABELS",
@@ -79,7 +76,6 @@ __all__ = [
 #: Methods whose formulation the experiment's primal / multiplier_scale / dual_* fields set.
 FORMULATION_METHODS = ("ceag", "ceag_batch")
 METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
-_DENSE_OPTIMIZERS = ("adam", "sgd")
 #: The folder under ``output_root`` holding dense models shared between experiments (a
 #: reserved name: experiment names may not start with ".").
 DENSE_CACHE = ".dense-cache"
@@ -176,8 +172,8 @@ class ExperimentConfig:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be one or more positive widths, got {self.hidden!r}")
-        if self.dense_optimizer not in _DENSE_OPTIMIZERS:
-            raise ValueError(f"dense_optimizer must be one of {', '.join(_DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:
+            raise ValueError(f"dense_optimizer must be one of {', '.join(DENSE_OPTIMIZERS)}; got {self.dense_optimizer!r}")
         if not self.methods:
             raise ValueError("methods must name at least one method")
         for m in self.methods:
@@ -375,7 +371,7 @@ def dense_model(
     ``cfg.on_nonfinite``.
     """
     cache = Path(cfg.output_root) / DENSE_CACHE / f"{_dense_key(cfg, data, seed)}.ckpt"
-    rank, world = _dist()
+    rank, world = rank_and_world()
     if rank != 0:  # data parallel: rank 0 trains (or loads) and caches it; the others read it
         barrier()
         model = _fresh_model(cfg, data, seed)
@@ -407,36 +403,13 @@ def _cached_or_trained_dense_model(
         except (CheckpointError, KeyError, TypeError, RuntimeError) as err:  # rebuilt, never trusted
             log(f"dense model (seed {seed}): ignoring unusable cache entry {cache} ({err})")
             model = _fresh_model(cfg, data, seed)  # load_state_dict may have copied part of it in
-    device = torch.device(cfg.device)
-    model.to(device).train()
-    params = list(model.parameters())
-    opt: torch.optim.Optimizer = (
-        torch.optim.Adam(params, lr=cfg.dense_lr)
-        if cfg.dense_optimizer == "adam"
-        else torch.optim.SGD(params, lr=cfg.dense_lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    )
-    x, y, _ = data.train.tensors
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
-    skipped = 0
-    for epoch in tqdm(range(cfg.dense_epochs), desc=f"dense training (seed {seed})", disable=not cfg.progress, leave=False):
-        for step, idx in enumerate(_IndexBatches(epoch_permutation(len(y), seed, epoch), cfg.batch_size)):
-            loss = nn.functional.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            bad = _nonfinite(loss, params, across_ranks=False)  # rank 0 alone trains the dense model
-            if bad:
-                where = f"dense training (seed {seed}), epoch {epoch}, step {step + 1}: non-finite {_listing(bad)}"
-                if cfg.on_nonfinite == "stop":
-                    raise NonFiniteError(
-                        f"{where}; stopped, nothing cached. Lower --dense-lr, check the data for NaN / Inf, "
-                        "or use --on-nonfinite skip"
-                    )
-                skipped += 1
-                log(f"{where}; step skipped")
-                continue
-            opt.step()
+    x, y, _ = data.train.tensors
+    skipped = fit_dense(
+        model, x, y, epochs=cfg.dense_epochs, batch_size=cfg.batch_size, seed=seed, optimizer=cfg.dense_optimizer,
+        lr=cfg.dense_lr, weight_decay=cfg.weight_decay, device=cfg.device, on_nonfinite=cfg.on_nonfinite,
+        show_progress=cfg.progress, log=log,
+    )  # fmt: skip
     model.cpu()
     save_checkpoint({"model": model.state_dict(), "key": cache.stem}, cache)
     log(
@@ -640,7 +613,7 @@ def run_one(
 
     out = cfg.output_dir / run_dir_name(method, sparsity, seed)
     metrics = out / "metrics.json"
-    done = broadcast_from_main(_read_metrics(metrics, log) if _dist()[0] == 0 else None)
+    done = broadcast_from_main(_read_metrics(metrics, log) if rank_and_world()[0] == 0 else None)
     if done is not None:
         return done
     tcfg = cfg.train_config(method, sparsity, seed, num_groups=data.num_groups, output_dir=str(out))
@@ -745,7 +718,7 @@ def run_experiment(
     """
     cfg.validate()
     out = cfg.output_dir
-    if _dist()[1] > 1 and _dist()[0] != 0:  # data parallel (torchrun): rank 0 writes and logs
+    if rank_and_world()[1] > 1 and rank_and_world()[0] != 0:  # data parallel (torchrun): rank 0 writes and logs
         return _run_experiment(cfg, out, log=lambda msg: None, plots=False, on_epoch_end=on_epoch_end)
     new_folder = not out.exists()
     check_output_dir(out)  # before fetching data or training: the folder takes files
@@ -766,7 +739,7 @@ def _run_experiment(
     plots: bool,
     on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None,
 ) -> ExperimentResult:
-    main = _dist()[0] == 0
+    main = rank_and_world()[0] == 0
     data = load_data(cfg)
     if main:
         check_output_dir(out, _estimate_bytes(cfg, data))

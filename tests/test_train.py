@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import ceag.train as train_mod
+from ceag._io import CEAG_CHECKPOINT_MAGIC
 from ceag.nn import MaskedLinear
 from ceag.train import CheckpointError, TrainConfig, Trainer, epoch_permutation, load_checkpoint, save_checkpoint
 
@@ -181,7 +182,7 @@ def test_crash_mid_write_leaves_previous_checkpoint_readable(checkpointed, monke
     def crash(fd):  # the temp file is (partly) written, the rename has not happened
         raise OSError("simulated power loss")
 
-    monkeypatch.setattr(train_mod.os, "fsync", crash)
+    monkeypatch.setattr(os, "fsync", crash)
     t.epoch = 99
     with pytest.raises(OSError, match="power loss"):
         t.save()
@@ -191,7 +192,7 @@ def test_crash_mid_write_leaves_previous_checkpoint_readable(checkpointed, monke
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
     # A crash between writing and renaming (os.replace never runs) is just as harmless.
-    monkeypatch.setattr(train_mod.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError, match="killed"):
         t.save()
     monkeypatch.undo()
@@ -212,7 +213,7 @@ def test_corrupted_checkpoint_is_detected(checkpointed, damage):
         data = bytearray(b"PK\x03\x04 not ours")
         match = "not a ceag checkpoint"
     else:
-        data[len(train_mod._MAGIC) + 2] ^= 0x20
+        data[len(CEAG_CHECKPOINT_MAGIC) + 2] ^= 0x20
         match = "header|truncated|SHA-256"
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=match):

@@ -113,7 +113,7 @@ def test_checkpoint_round_trip_restores_every_rng(tmp_path):
 
     import numpy as np
 
-    from ceag.train import _rng_state, _set_rng_state
+    from ceag.train.checkpoint import rng_state as _rng_state, set_rng_state as _set_rng_state
 
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     path = save_checkpoint({"rng": _rng_state()}, tmp_path / "c.ckpt")
@@ -450,7 +450,7 @@ def test_checkpoints_of_the_previous_format_still_load(tmp_path):
 
     import numpy as np
 
-    from ceag.train import _set_rng_state
+    from ceag.train.checkpoint import set_rng_state as _set_rng_state
 
     np.random.seed(7)
     legacy = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}

@@ -34,11 +34,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import ceag.methods
-import ceag.train as train_mod
 from ceag.cli import main
 from ceag.nn import MaskedLinear
 import ceag._io as io_mod
-from ceag.train import CheckpointError, NonFiniteError, OutputError, TrainConfig, Trainer, load_checkpoint
+from ceag.train import CheckpointError, NonFiniteError, OutputError, TrainConfig, Trainer, epoch_permutation, load_checkpoint
 
 HELPER = Path(__file__).with_name("faults_kill.py")
 RUN = "ceag-s90-seed0"  # the run folder of `ceag run` with the default method and sparsity
@@ -333,7 +332,7 @@ def _poisoned(value: float) -> TensorDataset:
 
 def _bad_step(epoch: int, batch_size: int = 50, seed: int = 0) -> int:
     """1-based batch of the poisoned sample in that epoch."""
-    order = train_mod.epoch_permutation(600, seed, epoch).tolist()
+    order = epoch_permutation(600, seed, epoch).tolist()
     return order.index(BAD) // batch_size + 1
 
 
