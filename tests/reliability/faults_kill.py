@@ -97,8 +97,8 @@ def _install(fault: str) -> None:
 def main() -> int:
     fault, argv = sys.argv[1], sys.argv[2:]
     _install(fault)
-    importlib.import_module("ceag.experiment")  # before the ready mark: the slow part (torch)
-    from ceag.cli import main as ceag_main
+    importlib.import_module("ceag.app.experiment")  # before the ready mark: the slow part (torch)
+    from ceag.app.cli import main as ceag_main
 
     ready = os.environ.get("CEAG_FAULT_READY")
     if ready:

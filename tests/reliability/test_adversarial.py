@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from ceag import experiment as exp
+from ceag.app import experiment as exp
 from ceag._io import LOCK_NAME, FolderInUseError, atomic_write, lock
-from ceag.cli import main
-from ceag.experiment import ExperimentConfig, dense_model
+from ceag.app.cli import main
+from ceag.app.experiment import ExperimentConfig, dense_model
 from ceag.nn import MaskedLinear
 from ceag.prune import sparsity_report
 from ceag.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
@@ -199,7 +199,7 @@ def test_second_process_on_a_locked_folder_names_the_holder(tmp_path):
 def test_concurrent_cli_runs_on_one_name_and_sigterm(tmp_path):
     """A second `ceag run --name t` refuses while the first trains; SIGTERM then stops the
     first with exit 143 and a line saying which checkpoint it leaves."""
-    argv = [sys.executable, "-m", "ceag.cli", "run", *TINY, "--mitigation-epochs", "2000",
+    argv = [sys.executable, "-m", "ceag.app.cli", "run", *TINY, "--mitigation-epochs", "2000",
             "--output", str(tmp_path), "--name", "t"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

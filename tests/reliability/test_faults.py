@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import ceag.methods
-from ceag.cli import main
+from ceag.app.cli import main
 from ceag.nn import MaskedLinear
 import ceag._io as io_mod
 from ceag.train import CheckpointError, NonFiniteError, OutputError, TrainConfig, Trainer, epoch_permutation, load_checkpoint
@@ -422,7 +422,7 @@ TINY = ["--dataset", "synthetic", "--groups", "5", "--samples", "500", "--hidden
 @pytest.fixture
 def nan_data(monkeypatch):
     """`ceag` sees synthetic data with one NaN feature in a training sample."""
-    from ceag import experiment
+    from ceag.app import experiment
 
     real = experiment.load_data
 
@@ -479,7 +479,7 @@ def test_unwritable_output_fails_before_anything_runs(tmp_path, capsys, monkeypa
         return real(*a, dir=dir, **k)
 
     monkeypatch.setattr(io_mod.tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr("ceag.experiment.load_data", lambda cfg: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr("ceag.app.experiment.load_data", lambda cfg: pytest.fail("data loaded before the check"))
     err = _one_line_exit(capsys, ["run", *TINY, "--output", str(tmp_path)], only=True)
     assert err == f"ceag: error: output folder {tmp_path / 't'} is not writable: {os.strerror(code)}" + (
         " (free some space, fix the permissions or choose another --output; then re-run the same command to resume)"
@@ -551,7 +551,7 @@ def test_disk_full_mid_run_is_one_line_and_the_run_resumes(tmp_path, capsys, mon
     def no_space(result):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "t" / "plots" / "a.png"))
 
-    monkeypatch.setattr("ceag.experiment.write_plots", no_space)
+    monkeypatch.setattr("ceag.app.experiment.write_plots", no_space)
     err = _one_line_exit(capsys, [a for a in argv if a != "--no-plots"])
     assert "No space left on device" in err and "a.png" in err
 

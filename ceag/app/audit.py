@@ -1,0 +1,181 @@
+"""Audit a pruned model without training: did any group pay more than ε for the pruning?
+
+    ceag audit --dense dense.pt --sparse pruned.pt --dataset adult
+    ceag audit --dense dense.pt --sparse pruned.pt --data people.csv --label y --groups race,sex
+
+Both models are evaluated on the same data; the report gives, per group, the dense and
+sparse accuracy with Wilson intervals, ψ_g = ΔA_g − ΔA with its simultaneous interval, and a
+verdict: "within ε" (certified: the interval's upper end is ≤ ε), "violates" (its lower end
+is > ε), "too small to tell", or left out (fewer than ``min_count`` samples). It is written
+as ``audit.md``, ``audit.json`` and a per-group bar plot, one set per split.
+
+A model file is a TorchScript archive, a ceag checkpoint (``last.ckpt`` of a run, or a
+dense-cache entry), or a ``state_dict`` saved with ``torch.save`` (then the architecture
+is rebuilt from ``arch`` / ``hidden`` and the data's shape; masks in the state dict make
+the layers masked). Files are unpickled with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ceag._io import CEAG_CHECKPOINT_MAGIC, atomic_write
+from ceag.app.data.core import GroupedDataset
+from ceag.errors import UsageError
+from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate
+from ceag.models import build_model
+from ceag.prune import sparsify, sparsity_report
+
+__all__ = ["audit", "load_model", "write_audit"]
+
+
+def load_model(path: str | Path, data: GroupedDataset, *, arch: str = "auto", hidden: Sequence[int] = (512, 512)) -> nn.Module:
+    """The model in ``path`` (TorchScript, ceag checkpoint or state_dict; see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(len(CEAG_CHECKPOINT_MAGIC))
+    if head == CEAG_CHECKPOINT_MAGIC:
+        from ceag.train import CheckpointError, load_checkpoint
+
+        try:
+            state = load_checkpoint(path).get("model")
+        except CheckpointError as err:
+            raise UsageError(str(err)) from None
+    else:
+        if _is_torchscript(path):
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still ship it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    return torch.jit.load(str(path), map_location="cpu").eval()
+                except RuntimeError as err:
+                    raise UsageError(f"model file {path}: a TorchScript archive that does not load ({err})") from None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise UsageError(f"model file {path} is neither TorchScript, a ceag checkpoint nor a state_dict ({err})") from None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"model file {path} holds no state_dict of tensors")
+    torch.manual_seed(0)
+    model = build_model(data.input_shape, data.num_classes, arch, hidden)
+    if any(k.endswith(".mask") for k in state):
+        sparsify(model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise UsageError(
+            f"model file {path} does not fit --arch {arch} --hidden {','.join(map(str, hidden))} on this data "
+            f"({len(data.input_shape) and data.input_shape} inputs, {data.num_classes} classes): {first[0] if first else err}"
+        ) from None
+    return model.eval()
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip with a ``code/`` folder (a torch.save file has none)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def audit(
+    dense: nn.Module,
+    sparse: nn.Module,
+    data: GroupedDataset,
+    *,
+    tolerance: float = 0.01,
+    min_count: int = DEFAULT_MIN_COUNT,
+    confidence: float = 0.95,
+    batch_size: int = 1024,
+) -> dict[str, DisparityReport]:
+    """Per-split reports (``"train"``, ``"test"``) of ψ_g for ``sparse`` against ``dense``."""
+    out = {}
+    for split in ("train", "test"):
+        ds = getattr(data, split)
+        if len(ds) == 0:
+            continue
+        x, y, g = ds.tensors
+        batches = [(x[i : i + batch_size], y[i : i + batch_size], g[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+        with torch.no_grad():
+            stats = [evaluate(m, batches, data.num_groups) for m in (dense, sparse)]
+        out[split] = disparity(stats[0], stats[1], tolerance, min_count=min_count, confidence=confidence)
+    return out
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v * 100:+.1f}"
+
+
+def _table(report: DisparityReport, names: Sequence[str], rows: int | None = None) -> str:
+    lines = [
+        "| group | n | dense acc | sparse acc | ψ_g (interval) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    order = sorted(range(report.num_groups), key=lambda g: (not report.included[g], -(report.psi[g] if report.included[g] else 0)))
+    shown = 0
+    for g in order:
+        if int(report.count[g]) == 0 and int(report.dense_count[g]) == 0:
+            continue
+        if rows is not None and shown >= rows:
+            break
+        shown += 1
+        status = report.status[g] if report.included[g] else f"left out (n < {report.min_count})"
+        lo, hi = float(report.psi_ci[0][g]), float(report.psi_ci[1][g])
+        lines.append(
+            f"| {names[g]} | {int(report.count[g])} | {_pct(float(report.dense_accuracy[g]))[1:] if report.included[g] else 'n/a'} "
+            f"| {_pct(float(report.sparse_accuracy[g]))[1:] if report.included[g] else 'n/a'} "
+            f"| {_pct(float(report.psi[g]))} ({_pct(lo)}, {_pct(hi)}) | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def _summary_line(split: str, r: DisparityReport) -> str:
+    s = r.summary()
+    return (
+        f"{split}: overall accuracy {s['dense_accuracy']:.1%} dense → {s['sparse_accuracy']:.1%} sparse; "
+        f"max ψ {_pct(s['max_psi'])} points, Ψ_PW {_pct(s['psi_pw'])[1:]} over {s['num_included']} groups; "
+        f"{s['num_within']} certified within ε = {r.tolerance * 100:g} points, {s['num_violates']} violate, "
+        f"{s['num_too_small']} too small to tell"
+        + (f"; {r.exclusion_note()}" if r.exclusion_note() else "")
+    )
+
+
+def write_audit(reports: dict[str, DisparityReport], names: Sequence[str], folder: str | Path, *, plots: bool = True) -> list[Path]:
+    """``audit.md``, ``audit.json`` and (``plots``) ``group-psi-<split>.png`` in ``folder``."""
+    folder = Path(folder)
+    md = ["# Audit: excess accuracy gap ψ_g of the sparse model (percentage points)", ""]
+    payload: dict[str, Any] = {"group_names": list(names)}
+    written = []
+    for split, r in reports.items():
+        md += [f"## {split}", "", _summary_line(split, r), "", _table(r, names), ""]
+        frame = r.to_dataframe(names)
+        payload[split] = {"summary": r.summary(), "groups": json.loads(frame.reset_index().to_json(orient="records", double_precision=15))}
+        if plots:
+            from ceag.app import plots as plots_mod
+
+            written.append(plots_mod.group_gap_bars({"sparse": r.psi}, r.tolerance, folder / f"group-psi-{split}.png",
+                                                    group_names=list(names), counts=r.count.tolist(), split=split))  # fmt: skip
+    written.insert(0, atomic_write(folder / "audit.md", "\n".join(md).encode()))
+    written.insert(1, atomic_write(folder / "audit.json", json.dumps(payload, indent=1, allow_nan=True).encode()))
+    return written
+
+
+def sparsity_of(model: nn.Module) -> float:
+    """The masked layers' sparsity, or NaN for a model without masks (e.g. TorchScript)."""
+    try:
+        return sparsity_report(model).masked_overall.sparsity
+    except (ValueError, AttributeError, RuntimeError):
+        return math.nan

@@ -1,0 +1,166 @@
+"""Your own table (ceag.app.data.table): groups, split, encoding, errors, and the CLI path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ceag.app.cli import main
+from ceag.app.data import load_table
+from ceag.app.data.table import MAX_TABLE_GROUPS, GroupColumn, parse_group_columns
+from ceag.errors import UsageError
+
+
+def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "race": rng.choice(["Black", "White", "Asian"], n, p=[0.3, 0.6, 0.1]),
+        "sex": rng.choice(["Female", "Male"], n),
+        "age": rng.integers(18, 80, n),
+        "hours": rng.normal(40, 10, n).round(1),
+        "job": rng.choice(["a", "b", "c", "d"], n),
+    })  # fmt: skip
+    df["approved"] = np.where(df["hours"] + rng.normal(0, 5, n) > 40, "yes", "no")
+    return df
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "applicants.csv"
+    _frame().to_csv(path, index=False)
+    return path
+
+
+def test_group_column_spec():
+    assert parse_group_columns("race,sex,age:bins=25,45,65") == (
+        GroupColumn("race"), GroupColumn("sex"), GroupColumn("age", (25.0, 45.0, 65.0)))  # fmt: skip
+    for bad in ["", "age:bins=x", "age:bin=3", "age:bins=5,3", "race,race"]:
+        with pytest.raises(UsageError, match="groups"):
+            parse_group_columns(bad)
+
+
+def test_groups_are_intersections_with_bands(table):
+    ds = load_table(table, "approved", "race,sex,age:bins=25,45,65")
+    assert ds.class_names == ("no", "yes") and ds.num_classes == 2
+    assert "Black/Female/25-45" in ds.group_names and "White/Male/65+" in ds.group_names
+    assert all(len(name.split("/")) == 3 for name in ds.group_names)
+    df = _frame()
+    # every row lands in its own group: recompute one row's name by hand
+    x, y, g = ds.train.tensors
+    assert len(ds.group_names) <= 3 * 2 * 4 and int(g.max()) < ds.num_groups
+    # features: age, hours standardised on train; race(3) sex(2) job(4) one-hot
+    assert ds.input_shape == (2 + 3 + 2 + 4,)
+    assert torch.allclose(x[:, :2].mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(x[:, :2].std(0, unbiased=False), torch.ones(2), atol=1e-4)
+    assert len(ds.train) + len(ds.test) == len(df)
+
+
+def test_split_is_stratified_seeded_and_keeps_singletons_in_train(tmp_path):
+    df = _frame(500)
+    df.loc[0, "race"] = "Lonely"  # a one-sample group
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    a = load_table(path, "approved", "race,sex", test_fraction=0.25, seed=3)
+    b = load_table(path, "approved", "race,sex", test_fraction=0.25, seed=3)
+    c = load_table(path, "approved", "race,sex", test_fraction=0.25, seed=4)
+    assert all(torch.equal(s, t) for s, t in zip(a.test.tensors, b.test.tensors))
+    assert not torch.equal(a.test.tensors[0], c.test.tensors[0])
+    train_counts = torch.bincount(a.train.tensors[2], minlength=a.num_groups)
+    test_counts = torch.bincount(a.test.tensors[2], minlength=a.num_groups)
+    lonely = a.group_names.index("Lonely/" + df.loc[0, "sex"])
+    assert (train_counts[lonely], test_counts[lonely]) == (1, 0)
+    total = train_counts + test_counts
+    big = total >= 20
+    assert torch.allclose(test_counts[big].float() / total[big].float(), torch.full((int(big.sum()),), 0.25), atol=0.03)
+
+
+def test_test_file_and_groups_only_in_test(tmp_path):
+    train, test = _frame(300, 0), _frame(100, 1)
+    test.loc[:4, "race"] = "Pacific"
+    test.loc[:4, "job"] = "unseen"
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    ds = load_table(tmp_path / "train.csv", "approved", "race", test=tmp_path / "test.csv")
+    assert "Pacific" in ds.group_names  # reported, not dropped
+    pid = ds.group_names.index("Pacific")
+    assert int((ds.train.tensors[2] == pid).sum()) == 0 and int((ds.test.tensors[2] == pid).sum()) == 5
+    # an unseen category encodes as zeros in its one-hot block
+    assert len(ds.test) == 100 and ds.test.tensors[0].shape[1] == ds.input_shape[0]
+
+
+def test_parquet_equals_csv(tmp_path, table):
+    pytest.importorskip("pyarrow")
+    pq = tmp_path / "applicants.parquet"
+    pd.read_csv(table).to_parquet(pq)
+    a, b = load_table(table, "approved", "race,sex"), load_table(pq, "approved", "race,sex")
+    assert a.group_names == b.group_names
+    assert all(torch.allclose(s.float(), t.float()) for s, t in zip(a.train.tensors, b.train.tensors))
+
+
+def test_missing_values(tmp_path):
+    df = _frame()
+    df.loc[3, "hours"] = np.nan
+    df.loc[5, "job"] = np.nan
+    df.loc[7, "race"] = np.nan
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(UsageError, match="feature column '(race|hours|job)' has 1 missing values.*--impute mean"):
+        load_table(path, "approved", "sex", test_fraction=0.5)
+    ds = load_table(path, "approved", "race,sex", impute="mean", test_fraction=0.5)
+    assert torch.isfinite(ds.train.tensors[0]).all() and torch.isfinite(ds.test.tensors[0]).all()
+    assert any(n.startswith("NA/") for n in ds.group_names)  # its own level
+    with pytest.raises(UsageError, match="group column 'race' has 1 missing values"):
+        load_table(path, "approved", "race,sex", impute="mean", missing_groups="error")
+
+
+@pytest.mark.parametrize(
+    "change, kwargs, message",
+    [
+        (None, {"label": "nope"}, "has no column 'nope'"),
+        (None, {"groups": "race,zip"}, "has no column 'zip'"),
+        (lambda d: d.assign(approved="yes"), {}, "one class"),
+        (lambda d: d.assign(approved=d["hours"] / 7), {}, "non-integer numbers"),
+        (lambda d: d.assign(approved=d["approved"].where(d.index != 2)), {}, "label column 'approved' has 1 missing"),
+        (None, {"groups": "hours:bins=30,50", "features": ["race", "hours"]}, None),
+        (lambda d: d.assign(race=d["race"].where(d.index != 1, "x")), {"groups": "race:bins=3"}, "non-numeric"),
+        (None, {"features": ["approved"]}, "cannot be a feature"),
+        (None, {"test_fraction": 1.5}, "test_fraction must be in"),
+    ],
+)
+def test_bad_tables_name_the_column(tmp_path, change, kwargs, message):
+    df = _frame() if change is None else change(_frame())
+    path = tmp_path / "b.csv"
+    df.to_csv(path, index=False)
+    args = {"label": "approved", "groups": "race,sex", **kwargs}
+    if message is None:
+        assert load_table(path, **args).num_groups == 3
+        return
+    with pytest.raises(UsageError, match=message):
+        load_table(path, **args)
+
+
+def test_missing_file_and_too_many_groups(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_table(tmp_path / "none.csv", "y", "g")
+    n = MAX_TABLE_GROUPS + 1
+    pd.DataFrame({"id": np.arange(n), "x": np.zeros(n), "y": np.arange(n) % 2}).to_csv(tmp_path / "ids.csv", index=False)
+    with pytest.raises(UsageError, match=f"make {n} groups, more than {MAX_TABLE_GROUPS}"):
+        load_table(tmp_path / "ids.csv", "y", "id", test_fraction=0.01)
+
+
+def test_cli_runs_your_table(tmp_path, table, capsys):
+    argv = ["compare", "--data", str(table), "--label", "approved", "--groups", "race,sex", "--methods", "nft,ceag",
+            "--seeds", "0", "--hidden", "16", "--dense-epochs", "1", "--pruning-epochs", "1", "--mitigation-epochs", "1",
+            "--min-count", "5", "--no-progress", "--no-plots", "--output", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| NFT |" in out and "| CEAG |" in out
+    assert (tmp_path / "runs" / "applicants-nft-ceag-s90" / "results.md").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:7], "--dataset", "adult", "--output", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "--data and --dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--data", str(table), "--label", "approved", "--output", str(tmp_path / "x")])
+    assert "--data needs --label" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+"""`ceag audit`: a trained pair of models judged group by group, without training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ceag.app.audit import audit, load_model
+from ceag.app.cli import main
+from ceag.errors import UsageError
+from ceag.app.experiment import ExperimentConfig, load_data
+
+SYN = ["--dataset", "synthetic", "--groups", "6", "--samples", "2000", "--hidden", "16,16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished NFT run: its dense-cache entry, its last.ckpt and its metrics."""
+    root = tmp_path_factory.mktemp("audit")
+    argv = ["run", *SYN, "--method", "nft", "--dense-epochs", "2", "--pruning-epochs", "2", "--mitigation-epochs", "1",
+            "--min-count", "10", "--no-progress", "--no-plots", "--output", str(root), "--name", "r"]  # fmt: skip
+    assert main(argv) == 0
+    (dense,) = (root / ".dense-cache").glob("*.ckpt")
+    run = root / "r" / "nft-s90-seed0"
+    return root, dense, run / "last.ckpt", json.loads((run / "metrics.json").read_text())
+
+
+def _data():
+    return load_data(ExperimentConfig(dataset="synthetic", dataset_options={"num_groups": 6, "num_train": 2000}))
+
+
+def test_audit_reproduces_the_runs_own_report(trained, tmp_path, capsys):
+    root, dense, sparse, metrics = trained
+    argv = ["audit", "--dense", str(dense), "--sparse", str(sparse), *SYN, "--min-count", "10", "--output", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sparse model 90.0% sparse" in out and "certified within ε" in out
+    folder = tmp_path / "audit-nft-s90-seed0"
+    saved = json.loads((folder / "audit.json").read_text())
+    for split in ("train", "test"):
+        got = [g["psi"] for g in saved[split]["groups"]]
+        want = metrics["psi"][split]
+        assert all((math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-12 for a, b in zip(got, want)), split
+        assert saved[split]["summary"]["max_psi"] == pytest.approx(metrics["summary"][split]["max_psi"], abs=1e-12)
+    assert {p.name for p in folder.iterdir()} >= {"audit.md", "audit.json", "group-psi-train.png", "group-psi-test.png"}
+    assert "| group | n | dense acc | sparse acc | ψ_g (interval) | verdict |" in (folder / "audit.md").read_text()
+
+
+def test_torchscript_and_state_dict_files_give_the_same_report(trained, tmp_path):
+    _, dense_ckpt, sparse_ckpt, _ = trained
+    data = _data()
+    kw = dict(hidden=(16, 16))
+    dense, sparse = load_model(dense_ckpt, data, **kw), load_model(sparse_ckpt, data, **kw)
+    torch.save(dense.state_dict(), tmp_path / "dense.pt")
+    torch.save(sparse.state_dict(), tmp_path / "sparse.pt")  # masks as buffers: layers come back masked
+    torch.jit.script(dense).save(str(tmp_path / "dense.ts"))
+    want = audit(dense, sparse, data, min_count=10)
+    for d, s in ((tmp_path / "dense.pt", tmp_path / "sparse.pt"), (tmp_path / "dense.ts", tmp_path / "sparse.pt")):
+        got = audit(load_model(d, data, **kw), load_model(s, data, **kw), data, min_count=10)
+        for split in want:
+            assert torch.equal(got[split].psi.nan_to_num(-9), want[split].psi.nan_to_num(-9))
+
+
+def test_bad_model_files_are_named(trained, tmp_path, capsys):
+    _, dense, sparse, _ = trained
+    data = _data()
+    with pytest.raises(UsageError, match="does not exist"):
+        load_model(tmp_path / "none.pt", data)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(UsageError, match="neither TorchScript, a ceag checkpoint nor a state_dict"):
+        load_model(tmp_path / "junk.pt", data)
+    with pytest.raises(UsageError, match="does not fit --arch auto --hidden 64"):
+        load_model(dense, data, hidden=(64,))
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "--dense", str(dense), "--sparse", str(sparse), *SYN, "--hidden", "64", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "does not fit --arch auto --hidden 64" in err and "Traceback" not in err

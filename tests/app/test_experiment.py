@@ -1,0 +1,274 @@
+"""ceag.app.experiment: the grid runner behind `ceag run/compare/sweep` (synthetic data, tiny model)."""
+
+from __future__ import annotations
+
+import json
+import re
+import math
+
+import pytest
+import torch
+
+from ceag.app import experiment
+from ceag.app.experiment import ExperimentConfig, run_experiment
+
+SYNTH = {"num_groups": 6, "num_train": 600, "num_test": 300, "num_features": 8, "minority_effect": 1.0, "seed": 3}
+
+
+def _cfg(tmp_path, **kw) -> ExperimentConfig:
+    base = dict(
+        dataset="synthetic",
+        dataset_options=SYNTH,
+        hidden=(32, 32),
+        dense_epochs=2,
+        methods=("nft", "ceag"),
+        sparsities=(0.8,),
+        seeds=(0, 1),
+        pruning_epochs=1,
+        mitigation_epochs=2,
+        batch_size=100,
+        min_count=5,
+        dual_lr=1e-2,
+        output_root=str(tmp_path),
+        progress=False,
+    )
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    cfg = _cfg(tmp, sparsities=(0.5, 0.8), name="grid")
+    return cfg, run_experiment(cfg, log=lambda _: None)
+
+
+def test_files_table_and_plots(finished):
+    cfg, result = finished
+    out = cfg.output_dir
+    assert json.loads((out / "config.json").read_text())["methods"] == ["nft", "ceag"]
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["runs"]) == 2 * 2 * 2 and len(saved["rows"]) == 2 * 2
+    for r in result.runs:
+        run = out / experiment.run_dir_name(r.method, r.sparsity, r.seed)
+        for f in ("metrics.json", "history.json", "history.csv", "last.ckpt"):
+            assert (run / f).is_file(), run / f
+    md = (out / "results.md").read_text()
+    assert re.search(r"\| 50% \(50\.\d\d%\) \| NFT \|", md) and re.search(r"\| 80% \(80\.\d\d%\) \| CEAG \|", md), md
+    assert "plots/" in md
+    names = {p.name for p in result.plots}
+    # Fig. 1 and 3 per split and sparsity, Fig. 4 for CEAG per sparsity, Fig. 2 per split.
+    assert {"group_psi-train-s80.png", "psi_over_training-test-s50.png", "multipliers-ceag-s80.png", "tradeoff-test.png"} <= names
+    assert not any("multipliers-nft" in n for n in names)
+    for p in result.plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_are_means_over_seeds(finished):
+    _, result = finished
+    for row in result.rows():
+        runs = [r for r in result.runs if r.method == row["method"] and r.sparsity == row["sparsity"]]
+        assert row["seeds"] == 2
+        vals = [r.summary["train"]["accuracy"] for r in runs]
+        assert row["train_accuracy"] == pytest.approx(sum(vals) / 2)
+        assert row["train_accuracy_std"] == pytest.approx(abs(vals[0] - vals[1]) / math.sqrt(2))
+        # The table's max ψ is the runs' own final disparity, the same number the history ends with.
+        for r in runs:
+            assert r.summary["train"]["max_psi"] == pytest.approx(r.history[-1]["train_max_psi"])
+
+
+def test_methods_start_from_the_same_dense_model(finished):
+    _, result = finished
+    for seed in (0, 1):
+        dense = {r.summary["train"]["dense_accuracy"] for r in result.runs if r.seed == seed}
+        assert len(dense) == 1
+    # ...and different seeds train different dense models.
+    assert len({r.summary["train"]["dense_accuracy"] for r in result.runs}) == 2
+
+
+def test_rerun_reads_finished_runs_without_training(finished, monkeypatch):
+    cfg, result = finished
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(experiment, "dense_model", boom)
+    monkeypatch.setattr(experiment.Trainer, "fit", boom)
+    again = run_experiment(cfg, log=lambda _: None, plots=False)
+    assert again.table() == result.table()
+
+
+def test_interrupted_run_finishes_with_the_same_result(tmp_path, finished):
+    cfg, result = finished
+    # A run whose metrics were never written (killed after its last checkpoint) is completed
+    # from the checkpoint and reports the same numbers.
+    r0 = result.runs[0]
+    run = cfg.output_dir / experiment.run_dir_name(r0.method, r0.sparsity, r0.seed)
+    saved = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    again = run_experiment(cfg, log=lambda _: None, plots=False)
+    got = next(r for r in again.runs if (r.method, r.sparsity, r.seed) == (r0.method, r0.sparsity, r0.seed))
+    assert got.summary == saved["summary"] and got.psi == saved["psi"]
+
+
+def test_dense_cache_is_shared_and_keyed(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="a")
+    run_experiment(cfg, log=lambda _: None, plots=False)
+    cached = list((tmp_path / ".dense-cache").glob("*.ckpt"))
+    assert len(cached) == 1
+    trained = []
+    real = torch.optim.Adam
+
+    def spy(*a, **k):
+        trained.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    run_experiment(_cfg(tmp_path, methods=("ceag",), seeds=(0,), name="b"), log=lambda _: None, plots=False)
+    assert not trained  # same dense config: loaded from the cache
+    run_experiment(_cfg(tmp_path, methods=("ceag",), seeds=(0,), name="c", dense_lr=2e-3), log=lambda _: None, plots=False)
+    assert trained  # another dense config: trained anew
+    assert len(list((tmp_path / ".dense-cache").glob("*.ckpt"))) == 2
+
+
+def test_corrupt_dense_cache_is_rebuilt(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="a")
+    first = run_experiment(cfg, log=lambda _: None, plots=False)
+    (ckpt,) = (tmp_path / ".dense-cache").glob("*.ckpt")
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    logs = []
+    second = run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0,), name="b"), log=logs.append, plots=False)
+    assert any("ignoring unusable cache" in m for m in logs)
+    assert second.runs[0].summary == first.runs[0].summary
+
+
+def test_folder_of_another_config_is_refused(tmp_path):
+    run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0,), name="x"), log=lambda _: None, plots=False)
+    with pytest.raises(ValueError, match="different config.*tolerance"):
+        run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0,), name="x", tolerance=0.05), log=lambda _: None)
+    # Growing the grid is allowed.
+    run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0, 1), name="x"), log=lambda _: None, plots=False)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"dataset": "mnist"}, "dataset must be one of"),
+        ({"sparsities": (1.0,)}, r"sparsity must be in \[0, 1\)"),
+        ({"sparsities": (-0.1,)}, r"sparsity must be in \[0, 1\)"),
+        ({"sparsities": (float("nan"),)}, r"sparsity must be in \[0, 1\)"),
+        ({"sparsities": ()}, "sparsities"),
+        ({"tolerance": -0.01}, "tolerance"),
+        ({"methods": ("ceag", "magic")}, "unknown method 'magic'"),
+        ({"methods": ()}, "methods"),
+        ({"methods": ("nft", "nft")}, "duplicates"),
+        ({"seeds": (-1,)}, "seeds"),
+        ({"seeds": ()}, "seeds"),
+        ({"dense_epochs": -1}, "dense_epochs"),
+        ({"dense_lr": 0.0}, "dense_lr"),
+        ({"dense_optimizer": "lbfgs"}, "dense_optimizer"),
+        ({"arch": "resnet"}, "arch"),
+        ({"hidden": (0,)}, "hidden"),
+        ({"name": "a/b"}, "name"),
+        ({"buffer_size": 0}, "buffer_size"),
+        ({"dual_lr": -1.0}, "dual_lr"),
+        ({"max_multiplier_sum": 0.0}, "max_multiplier_sum"),
+        ({"constrain_min_count": -1}, "constrain_min_count"),
+        ({"max_multiplier_sum": float("nan")}, "max_multiplier_sum"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"min_count": 0}, "min_count"),
+        ({"pruning_scope": "row"}, "pruning_scope"),
+        ({"checkpoint_every_steps": -1}, "checkpoint_every_steps"),
+        ({"on_nonfinite": "ignore"}, "on_nonfinite"),
+    ],
+)
+def test_config_validation_names_the_field(tmp_path, kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _cfg(tmp_path, **kw)
+
+
+def test_max_multiplier_sum_reaches_constrained_methods_only(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft", "ceag"), max_multiplier_sum=0.5)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()["max_multiplier_sum"] == 0.5
+    assert "max_multiplier_sum" not in cfg.train_config("nft", 0.9, 0, num_groups=3).method_kwargs()
+    assert "max_multiplier_sum" not in _cfg(tmp_path).train_config("ceag", 0.9, 0, num_groups=3).method_kwargs()
+    assert _cfg(tmp_path, constrain_min_count=30).train_config("ceag", 0.9, 0, num_groups=3).constrain_min_count == 30
+
+
+def test_dual_lr_defaults_to_scale_over_groups(tmp_path):
+    cfg = _cfg(tmp_path, dual_lr=None)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=40).dual_lr == pytest.approx(0.01)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=400).dual_lr == pytest.approx(0.001)
+    assert "η_λ = 0.001" in cfg.header(400)
+    assert _cfg(tmp_path, dual_lr=0.05).train_config("ceag", 0.9, 0, num_groups=400).dual_lr == 0.05
+
+
+def test_config_round_trips(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown fields"):
+        ExperimentConfig.from_dict({**cfg.to_dict(), "epochs": 3})
+
+
+def test_fault_options_reach_the_runs_and_may_change_on_a_rerun(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="f", checkpoint_every_steps=2)
+    tcfg = cfg.train_config("nft", 0.8, 0, num_groups=6)
+    assert (tcfg.checkpoint_every_steps, tcfg.on_nonfinite) == (2, "stop")
+    run_experiment(cfg, log=lambda _: None, plots=False)
+    run = cfg.output_dir / experiment.run_dir_name("nft", 0.8, 0)
+    assert (run / "prev.ckpt").is_file()  # the checkpoint before last.ckpt is kept
+    # Neither option changes a result: the finished experiment is re-read with others.
+    again = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="f", on_nonfinite="skip")
+    assert run_experiment(again, log=lambda _: None, plots=False).runs[0].history[-1]["skipped_steps"] == 0
+
+
+def test_formulation_fields_reach_ceag_only():
+    """primal / multiplier_scale / dual_* set "ceag" and "ceag_batch"; "ceag_paper" and EL keep theirs."""
+    from ceag.app.experiment import ExperimentConfig
+    from ceag.methods import PI, build_method
+    from ceag.metrics import GroupStats
+
+    cfg = ExperimentConfig(methods=("nft", "el_rb", "ceag_paper", "ceag"), primal="normalized", dual_optimizer="pi", dual_kp=2.0)
+    ceag = cfg.train_config("ceag", 0.9, 0, num_groups=3)
+    assert ceag.dual_optimizer == "pi"
+    assert ceag.method_options == {
+        "primal": "normalized", "multiplier_scale": "absolute", "margin": cfg.margin,
+        "dual_optimizer_kwargs": {"Kp": 2.0, "Ki": 1.0},
+    }  # fmt: skip
+    for other in ("ceag_paper", "el_rb"):
+        tc = cfg.train_config(other, 0.9, 0, num_groups=3)
+        assert tc.dual_optimizer == "sgd" and tc.method_options == {}
+    dense = GroupStats(torch.tensor([10, 20, 30]), torch.tensor([8, 15, 25]), torch.tensor([3.0, 6.0, 9.0], dtype=torch.float64))
+    method = build_method("ceag", 3, dense=dense, **ceag.method_kwargs())
+    assert method.primal == "normalized" and isinstance(method.dual_optimizer, PI)
+    assert method.dual_optimizer.param_groups[0]["Kp"] == 2.0
+    for bad in ({"primal": "dual"}, {"multiplier_scale": "log"}, {"dual_optimizer": "adam"}, {"dual_kp": -1.0}, {"margin": 2.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ExperimentConfig(**bad)
+
+
+def test_train_samples_is_a_fixed_subset_of_the_training_split(tmp_path):
+    full = experiment.load_data(_cfg(tmp_path))
+    cfg = _cfg(tmp_path, train_samples=300)
+    a, b = experiment.load_data(cfg), experiment.load_data(cfg)
+    assert len(a.train) == 300 and len(a.test) == len(full.test)
+    for ta, tb in zip(a.train.tensors, b.train.tensors):
+        assert torch.equal(ta, tb)  # the same images for every run
+    rows = {tuple(x.tolist()) for x in full.train.tensors[0]}
+    assert all(tuple(x.tolist()) in rows for x in a.train.tensors[0])
+    with pytest.raises(ValueError, match="train_samples"):
+        experiment.load_data(_cfg(tmp_path, train_samples=10**9))
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="train_samples"):
+            _cfg(tmp_path, train_samples=bad)
+    result = run_experiment(_cfg(tmp_path, train_samples=300, methods=("nft",), seeds=(0,)), log=lambda m: None, plots=False)
+    assert sum(result.runs[0].count["train"]) == 300
+
+
+def test_resolution_note_names_the_coarse_groups():
+    note = experiment.resolution_note(torch.tensor([5, 33, 47, 120, 3000]), 0.01, 30)
+    assert note.startswith("note: 2 of the 4 groups with >= 30 training samples have fewer than 1/ε = 100")
+    assert "3.0 points at n = 33" in note
+    assert experiment.resolution_note(torch.tensor([5, 300, 470]), 0.01, 30) == ""  # the group of 5 is not reported
+    assert experiment.resolution_note(torch.tensor([33, 300]), 0.0, 30) == ""
+    assert "1 of the 2" in experiment.resolution_note(torch.tensor([33, 300]), 0.01, 30)
