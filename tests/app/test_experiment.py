@@ -92,8 +92,8 @@ def test_rerun_reads_finished_runs_without_training(finished, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(experiment, "dense_model", boom)
-    monkeypatch.setattr(experiment.Trainer, "fit", boom)
+    monkeypatch.setattr(experiment.runner, "dense_model", boom)
+    monkeypatch.setattr(experiment.runner.Trainer, "fit", boom)
     again = run_experiment(cfg, log=lambda _: None, plots=False)
     assert again.table() == result.table()
 

@@ -20,6 +20,7 @@ from torch import nn
 from ceag.app import experiment as exp
 from ceag._io import LOCK_NAME, FolderInUseError, atomic_write, lock
 from ceag.app.cli import main
+from ceag.errors import UsageError
 from ceag.app.experiment import ExperimentConfig, dense_model
 from ceag.nn import MaskedLinear
 from ceag.prune import sparsity_report
@@ -400,7 +401,7 @@ def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):
     def bug(*a, **k):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(exp, "_run_experiment", bug)
+    monkeypatch.setattr(exp.runner, "_run_experiment", bug)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["run", *TINY, "--output", str(tmp_path)])
 
@@ -410,9 +411,9 @@ def test_warnings_are_one_line(tmp_path, capsys, monkeypatch):
 
     def warn(*a, **k):
         warnings.warn("something to know", RuntimeWarning, stacklevel=2)
-        raise exp.UsageError("stop here")
+        raise UsageError("stop here")
 
-    monkeypatch.setattr(exp, "_run_experiment", warn)
+    monkeypatch.setattr(exp.runner, "_run_experiment", warn)
     with pytest.raises(SystemExit):
         main(["run", *TINY, "--output", str(tmp_path)])
     assert capsys.readouterr().err.splitlines() == ["ceag: warning: something to know", "ceag: error: stop here"]
@@ -434,7 +435,7 @@ def test_dense_cache_entry_in_use_is_waited_for(tmp_path):
                            dense_epochs=1, pruning_epochs=1, mitigation_epochs=1, output_root=str(tmp_path),
                            progress=False)  # fmt: skip
     data = exp.load_data(cfg)
-    entry = tmp_path / exp.DENSE_CACHE / f"{exp._dense_key(cfg, data, 0)}.lock"
+    entry = tmp_path / exp.DENSE_CACHE / f"{exp.dense_cache._dense_key(cfg, data, 0)}.lock"
     with _held_by_another_process(entry, seconds=1.5) as holder:
         logs: list[str] = []
         start = time.perf_counter()

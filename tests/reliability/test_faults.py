@@ -431,7 +431,7 @@ def nan_data(monkeypatch):
         data.train.tensors[0][7, 0] = math.nan
         return data
 
-    monkeypatch.setattr(experiment, "load_data", load)
+    monkeypatch.setattr(experiment.runner, "load_data", load)
 
 
 def test_cli_nonfinite_stops_with_one_line_or_skips(tmp_path, capsys, nan_data):
@@ -479,7 +479,7 @@ def test_unwritable_output_fails_before_anything_runs(tmp_path, capsys, monkeypa
         return real(*a, dir=dir, **k)
 
     monkeypatch.setattr(io_mod.tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr("ceag.app.experiment.load_data", lambda cfg: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr("ceag.app.experiment.runner.load_data", lambda cfg: pytest.fail("data loaded before the check"))
     err = _one_line_exit(capsys, ["run", *TINY, "--output", str(tmp_path)], only=True)
     assert err == f"ceag: error: output folder {tmp_path / 't'} is not writable: {os.strerror(code)}" + (
         " (free some space, fix the permissions or choose another --output; then re-run the same command to resume)"
@@ -551,7 +551,7 @@ def test_disk_full_mid_run_is_one_line_and_the_run_resumes(tmp_path, capsys, mon
     def no_space(result):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "t" / "plots" / "a.png"))
 
-    monkeypatch.setattr("ceag.app.experiment.write_plots", no_space)
+    monkeypatch.setattr("ceag.app.experiment.runner.write_plots", no_space)
     err = _one_line_exit(capsys, [a for a in argv if a != "--no-plots"])
     assert "No space left on device" in err and "a.png" in err
 
