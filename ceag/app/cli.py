@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -23,19 +24,13 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from ceag._options import comma_list
 
 __all__ = ["main"]
 
-
-def _list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(cast(t.strip()) for t in text.split(",") if t.strip())
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"bad list {text!r}: {err}") from None
-
-    return parse
+_list = comma_list
 
 
 def _fraction(text: str) -> float:
@@ -70,20 +65,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 
 def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
+    """The flags of ``run`` / ``compare`` / ``sweep``: the data flags, the grid (which depends
+    on the command), then one flag per :class:`ExperimentConfig` field with a help section
+    (help and default from the field)."""
+    from ceag._options import add_flags
     from ceag.app.experiment import ExperimentConfig
-    from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
+    from ceag.methods import METHODS
 
-    d = ExperimentConfig.__dataclass_fields__
-    default = lambda name: d[name].default  # noqa: E731
-    g = _add_data_args(p)
-    g.add_argument("--train-samples", type=int, help="train on a fixed random subset of this many samples (default: all)")
-    g.add_argument("--arch", default=default("arch"), help="auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56")
-    g.add_argument("--hidden", type=_list(int), default=default("hidden"), help="MLP hidden widths, e.g. 512,512")
-    g.add_argument("--dense-epochs", type=int, default=default("dense_epochs"))
-    g.add_argument("--dense-lr", type=float, default=default("dense_lr"))
-    g.add_argument("--dense-optimizer", default=default("dense_optimizer"), help="adam or sgd")
-
-    g = p.add_argument_group("methods")
+    groups = {"data and model": _add_data_args(p)}
+    g = groups["methods"] = p.add_argument_group("methods")
     if grid == "run":
         *others, last = METHODS
         g.add_argument("--method", default="ceag", help=f"{', '.join(others)} or {last} (default ceag)")
@@ -96,54 +86,8 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
         else:
             g.add_argument("--sparsities", type=_list(_fraction), default=(0.9, 0.95, 0.99))
         g.add_argument("--seeds", type=_list(int), default=(0, 1, 2) if grid == "compare" else (0,))
-    g.add_argument("--tolerance", "--epsilon", dest="tolerance", type=float, default=default("tolerance"), help="ε (default 0.01)")
-    g.add_argument("--dual-lr", type=float, default=None, help="multiplier step size η_λ (default 0.4 / number of groups)")
-    g.add_argument(
-        "--max-multiplier-sum", type=float, default=None, help="cap Σ_g λ_g after each dual step (default: no cap)"
-    )
-    g.add_argument(
-        "--constrain-min-count", type=int, default=0, help="leave groups with fewer training samples unconstrained (default 0: none)"
-    )
-    g.add_argument(
-        "--primal", default=default("primal"), choices=PRIMALS,
-        help="CEAG's primal objective (default positive: no negative sample weights; paper: the "
-        "paper's Lagrangian; the method ceag_paper is the paper's formulation whatever this says)",
-    )  # fmt: skip
-    g.add_argument("--multiplier-scale", default=default("multiplier_scale"), choices=MULTIPLIER_SCALES,
-                   help="CEAG: λ_g as the paper (absolute, default) or times the group's batch share")  # fmt: skip
-    g.add_argument("--margin", type=float, default=default("margin"),
-                   help="CEAG's dual step aims at ψ_g ≤ (1 - margin) ε (default %(default)s; 0: the paper)")  # fmt: skip
-    g.add_argument("--dual-optimizer", default=default("dual_optimizer"), choices=DUAL_OPTIMIZERS,
-                   help="CEAG's multiplier update: sgd (default), pi (dense PI controller) or nupi (Cooper's)")  # fmt: skip
-    g.add_argument("--dual-kp", type=float, default=default("dual_kp"), help="PI proportional gain K_P (default 0)")
-    g.add_argument("--dual-ki", type=float, default=default("dual_ki"), help="PI integral gain K_I (default 1)")
-    g.add_argument("--buffer-size", type=int, default=default("buffer_size"), help="replay buffer length k")
-    g.add_argument("--min-count", type=int, default=default("min_count"), help="report ψ for groups with at least this many samples")
-
-    g = p.add_argument_group("schedule")
-    g.add_argument("--pruning-epochs", type=int, default=default("pruning_epochs"))
-    g.add_argument("--mitigation-epochs", type=int, default=default("mitigation_epochs"))
-    g.add_argument("--lr", type=float, default=default("lr"))
-    g.add_argument("--batch-size", type=int, default=default("batch_size"))
-    g.add_argument("--pruning-scope", default=default("pruning_scope"), help="layer or global")
-
-    g = p.add_argument_group("output")
-    g.add_argument("--name", help="run folder name (default: from dataset, methods and sparsities)")
-    g.add_argument("--output", default=default("output_root"), help="root folder of runs (default runs)")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-
-    g = p.add_argument_group("faults")
-    g.add_argument(
-        "--checkpoint-every-steps", type=int, default=0,
-        help="also checkpoint every N training steps within an epoch (default 0: at epoch ends only)",
-    )  # fmt: skip
-    g.add_argument(
-        "--on-nonfinite", choices=("stop", "skip"), default="stop",
-        help="a NaN/Inf loss, multiplier or gradient: stop (default; the state before the step is "
-        "checkpointed) or skip the step (counted in the history)",
-    )  # fmt: skip
+    add_flags(p, ExperimentConfig, groups)
+    groups["output"].add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -213,6 +157,7 @@ def _data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def _config(args: argparse.Namespace, grid: str):
+    """The :class:`ExperimentConfig` the flags describe."""
     from ceag.app.experiment import ExperimentConfig
 
     dataset, options = _data_options(args)
@@ -222,47 +167,15 @@ def _config(args: argparse.Namespace, grid: str):
         methods, sparsities, seeds = args.methods, (args.sparsity,), args.seeds
     else:
         methods, sparsities, seeds = args.methods, args.sparsities, args.seeds
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig) if "group" in f.metadata}
     return ExperimentConfig(
-        dataset=dataset,
-        dataset_options=options,
-        train_samples=args.train_samples,
-        arch=args.arch,
-        hidden=args.hidden,
-        dense_epochs=args.dense_epochs,
-        dense_lr=args.dense_lr,
-        dense_optimizer=args.dense_optimizer,
-        methods=methods,
-        sparsities=sparsities,
-        seeds=seeds,
-        tolerance=args.tolerance,
-        buffer_size=args.buffer_size,
-        dual_lr=args.dual_lr,
-        max_multiplier_sum=args.max_multiplier_sum,
-        constrain_min_count=args.constrain_min_count,
-        primal=args.primal,
-        multiplier_scale=args.multiplier_scale,
-        margin=args.margin,
-        dual_optimizer=args.dual_optimizer,
-        dual_kp=args.dual_kp,
-        dual_ki=args.dual_ki,
-        pruning_epochs=args.pruning_epochs,
-        mitigation_epochs=args.mitigation_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        pruning_scope=args.pruning_scope,
-        min_count=args.min_count,
-        name=args.name,
-        output_root=args.output,
-        data_root=args.data_dir,
-        device=args.device,
-        progress=not args.no_progress,
-        checkpoint_every_steps=args.checkpoint_every_steps,
-        on_nonfinite=args.on_nonfinite,
-    )
+        dataset=dataset, dataset_options=options, methods=methods, sparsities=sparsities, seeds=seeds,
+        data_root=args.data_dir, **flags,
+    )  # fmt: skip
 
 
-#: Config fields whose flag is not ``--`` + the field name with dashes.
-_FLAG_OF = {"num_groups": "--groups", "num_train": "--samples", "output_root": "--output", "data_root": "--data-dir"}
+#: Data-set options and config fields whose flag is not in the config's field metadata.
+_FLAG_OF = {"num_groups": "--groups", "num_train": "--samples", "data_root": "--data-dir"}
 #: ... and those whose flag depends on the command.
 _GRID_FLAG = {
     "run": {"methods": "--method", "sparsities": "--sparsity", "seeds": "--seed", "sparsity": "--sparsity", "seed": "--seed"},
@@ -276,19 +189,27 @@ def _naming_the_flag(message: str, parser: argparse.ArgumentParser, grid: str) -
     field, e.g. "--dual-lr: dual_lr must be > 0"; unchanged if it names a flag already."""
     if re.search(r"(^|\s)--[a-z]", message):
         return message
+    from ceag._options import flag_of
+    from ceag.app.experiment import ExperimentConfig
+
     flags = {o for a in parser._actions for o in a.option_strings}
     best: tuple[int, int, str] | None = None
     for m in re.finditer(r"[a-z][a-z_]*[a-z]", message):
         field = m.group(0)
-        flag = _GRID_FLAG.get(grid, {}).get(field) or _FLAG_OF.get(field) or "--" + field.replace("_", "-")
+        flag = (
+            _GRID_FLAG.get(grid, {}).get(field)
+            or _FLAG_OF.get(field)
+            or flag_of(ExperimentConfig, field)
+            or "--" + field.replace("_", "-")
+        )
         if flag in flags and (best is None or m.start() < best[0]):
             best = (m.start(), -len(field), flag)
     return f"{best[2]}: {message}" if best else message
 
 
 def _experiment(args: argparse.Namespace, grid: str) -> int:
-    from ceag.errors import UsageError
     from ceag.app.experiment import run_experiment
+    from ceag.errors import UsageError
 
     try:
         cfg = _config(args, grid)
@@ -315,8 +236,8 @@ def _audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ceag.app import audit as audit_mod
-    from ceag.errors import UsageError
     from ceag.app.experiment import ExperimentConfig, load_data
+    from ceag.errors import UsageError
 
     try:
         dataset, options = _data_options(args)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from ceag._options import option
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, build_method
 from ceag.metrics import DEFAULT_MIN_COUNT, GroupStats
 
@@ -48,43 +49,47 @@ class TrainConfig:
     before it) and counts it in the epoch's ``skipped_steps``.
     """
 
-    num_groups: int
-    method: str = "ceag"
-    tolerance: float = 0.01
-    buffer_size: int | None = 40
-    dual_lr: float = 1e-3
-    dual_optimizer: str = "sgd"
-    method_options: dict[str, Any] = field(default_factory=dict)
-    constraints_during_pruning: bool = False
-    constrain_min_count: int = 0
+    num_groups: int = option(help="number of groups (group ids are 0 .. num_groups - 1)")
+    method: str = option("ceag", help="nft, el, el_rb, ceag, ceag_paper or ceag_batch")
+    tolerance: float = option(0.01, help="ε, the largest excess accuracy gap ψ_g a group may keep")
+    buffer_size: int | None = option(40, help="replay buffer length k: each group's last k predictions")
+    dual_lr: float = option(1e-3, help="multiplier step size η_λ")
+    dual_optimizer: str = option("sgd", help="the multipliers' update: sgd, pi (dense PI controller) or nupi (Cooper's)")
+    method_options: dict[str, Any] = option(default_factory=dict, help="further keyword arguments of the method")
+    constraints_during_pruning: bool = option(False, help="constrain from the first sparse epoch, not after pruning")
+    constrain_min_count: int = option(0, help="leave groups with fewer training samples unconstrained (0: none)")
 
-    dense_epochs: int = 0
-    dense_lr: float = 1e-2
-    initial_sparsity: float = 0.0
-    final_sparsity: float = 0.9
-    pruning_epochs: int = 15
-    pruning_frequency: int = 1
-    pruning_scope: str = "layer"
-    mitigation_epochs: int = 10
+    dense_epochs: int = option(0, help="epochs of dense training before pruning (0: the model is trained)")
+    dense_lr: float = option(1e-2, help="learning rate of dense training")
+    initial_sparsity: float = option(0.0, help="sparsity of the first GMP step")
+    final_sparsity: float = option(0.9, help="sparsity at the end of pruning")
+    pruning_epochs: int = option(15, help="epochs of gradual magnitude pruning (the GMP phase, unconstrained)")
+    pruning_frequency: int = option(1, help="prune every this many epochs during the GMP phase")
+    pruning_scope: str = option("layer", help="magnitude threshold per layer or global", choices=("layer", "global"))
+    mitigation_epochs: int = option(10, help="epochs of fine-tuning with the constraints on, after pruning")
 
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_milestones: tuple[float, ...] = (0.6, 0.8, 0.9)
-    lr_gamma: float = 0.1
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    num_workers: int = 0
+    lr: float = option(1e-2, help="learning rate of the sparse phase (SGD)")
+    momentum: float = option(0.9, help="SGD momentum")
+    weight_decay: float = option(1e-4, help="SGD weight decay")
+    lr_milestones: tuple[float, ...] = option((0.6, 0.8, 0.9), help="fractions of a phase's epochs where the LR decays")
+    lr_gamma: float = option(0.1, help="LR factor at each milestone")
+    batch_size: int = option(128, help="training batch size")
+    eval_batch_size: int = option(1024, help="evaluation batch size")
+    num_workers: int = option(0, help="DataLoader workers for datasets that are not TensorDatasets")
 
-    seed: int = 0
-    device: str = "cpu"
-    eval_train: bool = True
-    eval_test: bool = True
-    min_count: int = DEFAULT_MIN_COUNT
-    output_dir: str | None = None
-    checkpoint_every_steps: int = 0
-    progress: bool = True
-    on_nonfinite: str = "stop"
+    seed: int = option(0, help="seed of the data order, the RNGs and the dense model")
+    device: str = option("cpu", help="cpu or cuda[:index]")
+    eval_train: bool = option(True, help="evaluate on the training split after every epoch")
+    eval_test: bool = option(True, help="evaluate on the test split after every epoch")
+    min_count: int = option(DEFAULT_MIN_COUNT, help="report ψ for groups with at least this many samples")
+    output_dir: str | None = option(None, help="folder of the run's files (None: no files, no checkpoints)")
+    checkpoint_every_steps: int = option(0, help="also checkpoint every N training steps within an epoch (0: at epoch ends only)")
+    progress: bool = option(True, help="progress bars")
+    on_nonfinite: str = option(
+        "stop", choices=NONFINITE_ACTIONS,
+        help="a NaN/Inf loss, multiplier or gradient: stop (the state before the step is checkpointed) or skip "
+        "the step (counted in the history)",
+    )  # fmt: skip
 
     # Fields a resumed run may change without changing the result (on_nonfinite changes it
     # only where a run with "stop" has no result: a stopped run may resume with "skip").

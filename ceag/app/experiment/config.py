@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ceag._options import comma_list, option, passed_on, same_as
 from ceag.app import data as datasets
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, MULTIPLIER_SCALES, PRIMALS
 from ceag.models import ARCHITECTURES
@@ -25,6 +26,8 @@ METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 DENSE_CACHE = ".dense-cache"
 #: η_λ = DUAL_LR_PER_GROUPS / G when ExperimentConfig.dual_lr is None.
 DUAL_LR_PER_GROUPS = 0.4
+#: Help sections of the command line (a field with a ``group`` is a flag of ``ceag run``).
+DATA, METHODS_GROUP, SCHEDULE, OUTPUT, FAULTS = "data and model", "methods", "schedule", "output", "faults"
 
 
 @dataclass
@@ -49,50 +52,63 @@ class ExperimentConfig:
     (:class:`ceag.train.TrainConfig`).
     """
 
-    dataset: str = "adult"
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    train_samples: int | None = None  # a fixed random subset of the training split (None: all)
-    arch: str = "auto"
-    hidden: tuple[int, ...] = (512, 512)
+    dataset: str = option("adult", help="adult, census-kdd, fashion-mnist, synthetic, table or images")
+    dataset_options: dict[str, Any] = option(default_factory=dict, help="the data set's options (your table's columns, ...)")
+    train_samples: int | None = option(
+        None, help="train on a fixed random subset of this many samples", default_text="all", group=DATA, parse=int
+    )
+    arch: str = option("auto", help="auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56", group=DATA)
+    hidden: tuple[int, ...] = option((512, 512), help="MLP hidden widths, e.g. 512,512", group=DATA, parse=comma_list(int))
 
-    dense_epochs: int = 8
-    dense_lr: float = 1e-3
-    dense_optimizer: str = "adam"
+    dense_epochs: int = option(8, help="epochs of dense training from scratch (cached per seed)", group=DATA)
+    dense_lr: float = option(1e-3, help="learning rate of dense training", group=DATA)
+    dense_optimizer: str = option("adam", help="dense training's optimiser", group=DATA, choices=DENSE_OPTIMIZERS)
 
-    methods: tuple[str, ...] = ("nft", "ceag")
-    sparsities: tuple[float, ...] = (0.9,)
-    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = option(("nft", "ceag"), help="the methods to run")
+    sparsities: tuple[float, ...] = option((0.9,), help="the final sparsities to run")
+    seeds: tuple[int, ...] = option((0,), help="the seeds to run")
 
-    tolerance: float = 0.01
-    buffer_size: int = 40
-    dual_lr: float | None = None  # None: DUAL_LR_PER_GROUPS / G
-    max_multiplier_sum: float | None = None
-    constrain_min_count: int = 0
+    tolerance: float = same_as(TrainConfig, "tolerance", group=METHODS_GROUP, flags=("--tolerance", "--epsilon"))
+    buffer_size: int = same_as(TrainConfig, "buffer_size", group=METHODS_GROUP, passed_on=False)
+    dual_lr: float | None = same_as(
+        TrainConfig, "dual_lr", None, group=METHODS_GROUP, parse=float, passed_on=False, default_text="0.4 / number of groups"
+    )
+    max_multiplier_sum: float | None = option(
+        None, help="cap Σ_g λ_g after each dual step", default_text="no cap", group=METHODS_GROUP, parse=float
+    )
+    constrain_min_count: int = same_as(TrainConfig, "constrain_min_count", group=METHODS_GROUP)
     # CEAG's formulation (docs/method.md), for "ceag" and "ceag_batch"; "ceag_paper" is fixed.
-    primal: str = "positive"
-    multiplier_scale: str = "absolute"
-    margin: float = 1.0
-    dual_optimizer: str = "sgd"
-    dual_kp: float = 0.0
-    dual_ki: float = 1.0
-    method_options: dict[str, Any] = field(default_factory=dict)  # more CEAG keywords, from Python
-    pruning_epochs: int = 10
-    mitigation_epochs: int = 40
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    eval_batch_size: int = 4096
-    pruning_scope: str = "layer"
-    min_count: int = 30
+    primal: str = option(
+        "positive", group=METHODS_GROUP, choices=PRIMALS,
+        help="CEAG's primal objective (positive: no negative sample weights; paper: the paper's Lagrangian; "
+        "the method ceag_paper is the paper's formulation whatever this says)",
+    )  # fmt: skip
+    multiplier_scale: str = option(
+        "absolute", group=METHODS_GROUP, choices=MULTIPLIER_SCALES,
+        help="CEAG: λ_g as the paper (absolute) or times the group's batch share",
+    )  # fmt: skip
+    margin: float = option(1.0, group=METHODS_GROUP, help="CEAG's dual step aims at ψ_g ≤ (1 - margin) ε (0: the paper)")
+    dual_optimizer: str = same_as(TrainConfig, "dual_optimizer", group=METHODS_GROUP, choices=DUAL_OPTIMIZERS, passed_on=False)
+    dual_kp: float = option(0.0, group=METHODS_GROUP, help="PI proportional gain K_P")
+    dual_ki: float = option(1.0, group=METHODS_GROUP, help="PI integral gain K_I")
+    method_options: dict[str, Any] = option(default_factory=dict, help="more CEAG keywords, from Python")
+    pruning_epochs: int = same_as(TrainConfig, "pruning_epochs", 10, group=SCHEDULE)
+    mitigation_epochs: int = same_as(TrainConfig, "mitigation_epochs", 40, group=SCHEDULE)
+    lr: float = same_as(TrainConfig, "lr", group=SCHEDULE)
+    momentum: float = same_as(TrainConfig, "momentum", group=SCHEDULE)
+    weight_decay: float = same_as(TrainConfig, "weight_decay", group=SCHEDULE)
+    batch_size: int = same_as(TrainConfig, "batch_size", 256, group=SCHEDULE)
+    eval_batch_size: int = same_as(TrainConfig, "eval_batch_size", 4096, group=SCHEDULE)
+    pruning_scope: str = same_as(TrainConfig, "pruning_scope", group=SCHEDULE)
+    min_count: int = same_as(TrainConfig, "min_count", group=METHODS_GROUP)
 
-    name: str | None = None
-    output_root: str = "runs"
-    data_root: str | None = None
-    device: str = "cpu"
-    progress: bool = True
-    checkpoint_every_steps: int = 0
-    on_nonfinite: str = "stop"
+    name: str | None = option(None, help="run folder name", default_text="from dataset, methods and sparsities", group=OUTPUT)
+    output_root: str = option("runs", help="root folder of runs", group=OUTPUT, flags=("--output",))
+    data_root: str | None = option(None, help="data folder of the bundled data sets (a flag of every data command)")
+    device: str = same_as(TrainConfig, "device", group=OUTPUT)
+    progress: bool = same_as(TrainConfig, "progress", group=OUTPUT, flags=("--no-progress",), help="no progress bars")
+    checkpoint_every_steps: int = same_as(TrainConfig, "checkpoint_every_steps", group=FAULTS)
+    on_nonfinite: str = same_as(TrainConfig, "on_nonfinite", group=FAULTS)
 
     # Fields that do not change any result (a finished experiment may be re-read with others);
     # on_nonfinite may differ where "stop" left no result (a stopped run may resume with "skip").
@@ -189,33 +205,20 @@ class ExperimentConfig:
         )
 
     def train_config(self, method: str, sparsity: float, seed: int, *, num_groups: int, output_dir: str | None = None) -> TrainConfig:
-        """The :class:`TrainConfig` of one run of the grid."""
+        """The :class:`TrainConfig` of one run of the grid: the fields declared ``same_as``
+        TrainConfig's, and those of this run."""
         return TrainConfig(
+            **passed_on(self),
             num_groups=num_groups,
             method=method,
-            tolerance=self.tolerance,
             buffer_size=self.buffer_size if method != "ceag_batch" else None,
             dual_lr=self.resolved_dual_lr(num_groups),
-            constrain_min_count=self.constrain_min_count,
-            dense_epochs=0,
-            final_sparsity=sparsity,
-            pruning_epochs=self.pruning_epochs,
-            pruning_scope=self.pruning_scope,
-            mitigation_epochs=self.mitigation_epochs,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size,
-            seed=seed,
-            device=self.device,
-            min_count=self.min_count,
-            output_dir=output_dir,
-            progress=self.progress,
-            checkpoint_every_steps=self.checkpoint_every_steps,
-            on_nonfinite=self.on_nonfinite,
             dual_optimizer=self.dual_optimizer if method in FORMULATION_METHODS else "sgd",
             method_options=self._method_options(method),
+            dense_epochs=0,
+            final_sparsity=sparsity,
+            seed=seed,
+            output_dir=output_dir,
         )
 
     def _method_options(self, method: str) -> dict[str, Any]:
