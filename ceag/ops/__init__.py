@@ -1,7 +1,9 @@
 """The fused ops, one API over every backend ("cpp", "triton", "cuda", "reference").
 
 The backend follows the inputs' device unless a ``backend=`` argument or ``$CEAG_BACKEND``
-names one (see :func:`ceag.ops._backend.resolve_backend`).
+names one (see :func:`ceag.ops._backend.resolve_backend`). Each op family has one record
+(:class:`ceag.ops._registry.OpFamily`: compiled ops, Triton module, reference, fake kernels,
+autograd) and every public op routes through :func:`ceag.ops._registry.dispatch`.
 """
 
 from ceag.ops import reference

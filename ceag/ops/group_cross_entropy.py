@@ -21,8 +21,8 @@ forward sweep, and ``weighted_loss.backward()`` only scales that saved gradient:
 the logits per training step instead of three. ``loss_sum`` stays differentiable either way.
 
 Backends ("cpp", "cuda", "triton", "reference") share the schemas of csrc/ceag.cpp; the
-autograd formulas and fake kernels are registered once per op family by
-:func:`register_group_cross_entropy_autograd`, which the Triton module calls for its ops.
+family's record, :data:`GROUP_CROSS_ENTROPY` (ceag/ops/_registry.py), registers the fake
+kernels and autograd formulas of the forward, backward and weighted ops of each backend.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from ceag.ops import reference
-from ceag.ops._backend import resolve_backend
 from ceag.ops._checks import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_num_groups, check_tensor
+from ceag.ops._registry import OpFamily, dispatch, register_family
 
 __all__ = ["GroupCrossEntropy", "group_cross_entropy", "register_group_cross_entropy_autograd"]
 
@@ -50,27 +50,6 @@ class GroupCrossEntropy(NamedTuple):
 
 def _acc_dtype(logits: Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
-def _qualname(op: Any) -> str:
-    if isinstance(op, str):
-        return op
-    if isinstance(op, torch._ops.OpOverload):
-        return op._schema.name
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        return op._qualified_op_name
-    name = getattr(op, "_qualname", None)  # torch.library.custom_op / triton_op objects
-    if isinstance(name, str):
-        return name
-    raise TypeError(f"expected a torch op or its qualified name, got {op!r}")
-
-
-def _resolve(op: Any):
-    """The callable OpOverload of ``op`` (a packet, an overload, a custom-op object or a name)."""
-    if isinstance(op, torch._ops.OpOverload):
-        return op
-    ns, name = _qualname(op).split("::")
-    return getattr(getattr(torch.ops, ns), name).default
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,34 +78,10 @@ def _fake_weighted(logits, target, group, group_weight, label_smoothing, ignore_
     return (*out, torch.empty_like(logits, memory_format=torch.contiguous_format))
 
 
-_REGISTERED: set[str] = set()
-
-
-def register_group_cross_entropy_autograd(
-    forward_op: Any, backward_op: Any, weighted_op: Any, *, fake: bool = True
-) -> None:
-    """Register autograd (and, unless ``fake=False``, fake kernels) for one backend's ops.
-
-    The three ops must have the schemas of ``ceag::group_cross_entropy``,
-    ``ceag::group_cross_entropy_backward`` and ``ceag::weighted_group_cross_entropy``
-    (csrc/ceag.cpp); ``loss_sum`` and ``lse`` are float32, or float64 for float64 logits.
-    Ops may be given as ``torch.ops.ceag.x``, an overload, a custom-op object or "ceag::x".
-    Idempotent: registering the same forward op twice is a no-op.
-
-    - ``loss_sum`` is differentiable through ``backward_op`` (the saved row logsumexp).
-    - The weighted op's ``grad_logits`` and every op's ``lse`` are non-differentiable
-      outputs; ``loss_sum`` of the weighted op is differentiable like the forward's.
-    - Gradients that are None (unused outputs) are never materialized as zeros.
-    """
-    fwd_name, bwd_name, w_name = _qualname(forward_op), _qualname(backward_op), _qualname(weighted_op)
-    if fwd_name in _REGISTERED:
-        return
-    backward = _resolve(backward_op)
-
-    if fake:
-        torch.library.register_fake(fwd_name, _fake_forward)
-        torch.library.register_fake(bwd_name, _fake_backward)
-        torch.library.register_fake(w_name, _fake_weighted)
+def _register_autograd(forward_op, backward_op, weighted_op) -> None:
+    """``loss_sum`` (of the forward and of the weighted op) is differentiable through
+    ``backward_op`` and the saved row logsumexp; ``lse`` and the weighted op's ``grad_logits``
+    are not. Gradients that are None (unused outputs) are never materialized as zeros."""
 
     def setup_forward(ctx, inputs, output):
         logits, target, group, _num_groups, label_smoothing, ignore_index = inputs
@@ -141,7 +96,7 @@ def register_group_cross_entropy_autograd(
         if grad_loss_sum is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         logits, target, group, lse = ctx.saved_tensors
-        grad = backward(
+        grad = backward_op(
             grad_loss_sum.contiguous(), logits, target, group, lse, ctx.label_smoothing, ctx.ignore_index
         )
         return grad, None, None, None, None, None
@@ -158,9 +113,39 @@ def register_group_cross_entropy_autograd(
     # The gradient of weighted_loss does not come through here: it flows through
     # ceag::_weighted_loss_from_grad, which scales the grad_logits this op wrote. Only a
     # gradient of loss_sum itself (e.g. a per-group statistic used in a loss) costs a pass.
-    torch.library.register_autograd(fwd_name, backward_forward, setup_context=setup_forward)
-    torch.library.register_autograd(w_name, backward_forward, setup_context=setup_weighted)
-    _REGISTERED.add(fwd_name)
+    torch.library.register_autograd(forward_op, backward_forward, setup_context=setup_forward)
+    torch.library.register_autograd(weighted_op, backward_forward, setup_context=setup_weighted)
+
+
+GROUP_CROSS_ENTROPY = register_family(
+    OpFamily(
+        name="group_cross_entropy",
+        compiled=("group_cross_entropy", "group_cross_entropy_backward", "weighted_group_cross_entropy"),
+        triton=(
+            "group_cross_entropy_triton",
+            "group_cross_entropy_backward_triton",
+            "weighted_group_cross_entropy_triton",
+        ),
+        triton_module="ceag.kernels.group_cross_entropy",
+        reference=reference.group_cross_entropy,
+        fake=(_fake_forward, _fake_backward, _fake_weighted),
+        autograd=_register_autograd,
+    )
+)
+
+
+def register_group_cross_entropy_autograd(
+    forward_op: Any, backward_op: Any, weighted_op: Any, *, fake: bool = True
+) -> None:
+    """Register autograd (and, unless ``fake=False``, fake kernels) for one backend's ops.
+
+    The three ops must have the schemas of ``ceag::group_cross_entropy``,
+    ``ceag::group_cross_entropy_backward`` and ``ceag::weighted_group_cross_entropy``
+    (csrc/ceag.cpp); ``loss_sum`` and ``lse`` are float32, or float64 for float64 logits.
+    Ops may be given as ``torch.ops.ceag.x``, an overload, a custom-op object or "ceag::x";
+    ``ceag.kernels.group_cross_entropy`` calls this for its Triton ops. Idempotent.
+    """
+    GROUP_CROSS_ENTROPY.register((forward_op, backward_op, weighted_op), fake=fake)
 
 
 # weighted_loss = sum_g w_g * loss_sum_g, whose gradient w.r.t. logits was already written by
@@ -210,36 +195,6 @@ def _backward_weighted_loss(ctx, grad):
 
 
 _weighted_loss_from_grad.register_autograd(_backward_weighted_loss, setup_context=_setup_weighted_loss)
-
-register_group_cross_entropy_autograd(
-    torch.ops.ceag.group_cross_entropy,
-    torch.ops.ceag.group_cross_entropy_backward,
-    torch.ops.ceag.weighted_group_cross_entropy,
-)
-
-
-def _triton_ops():
-    import ceag.kernels.group_cross_entropy  # noqa: F401  (registers the *_triton ops)
-
-    ops = (
-        torch.ops.ceag.group_cross_entropy_triton,
-        torch.ops.ceag.group_cross_entropy_backward_triton,
-        torch.ops.ceag.weighted_group_cross_entropy_triton,
-    )
-    register_group_cross_entropy_autograd(*ops)  # no-op when the Triton module already did
-    return ops
-
-
-def _ops_for(backend: str):
-    if backend == "triton":
-        return _triton_ops()
-    # "cpp" and "cuda": the same ops; the dispatcher picks the kernel by device.
-    return (
-        torch.ops.ceag.group_cross_entropy,
-        torch.ops.ceag.group_cross_entropy_backward,
-        torch.ops.ceag.weighted_group_cross_entropy,
-    )
-
 
 # ---------------------------------------------------------------------------------------
 # Public API
@@ -305,14 +260,14 @@ def group_cross_entropy(
     # The Triton kernels index target and group as dense arrays (strided views gave wrong
     # sums); logits and group_weight go with their strides. No copy when already contiguous.
     target, group = target.contiguous(), group.contiguous()
-    chosen = resolve_backend(backend, logits.device)
-    if chosen != "cpp" and not torch.compiler.is_compiling():
+    route = dispatch(GROUP_CROSS_ENTROPY, backend, logits.device)
+    if route.backend != "cpp" and not torch.compiler.is_compiling():
         # The C++ CPU kernels check the ranges themselves during their sweep.
         check_index_range("target", target, logits.shape[1], allow=ignore_index)
         check_index_range("group", group, num_groups)
 
-    if chosen == "reference":
-        loss_sum, correct, count, sample_correct = reference.group_cross_entropy(
+    if route.backend == "reference":
+        loss_sum, correct, count, sample_correct = GROUP_CROSS_ENTROPY.reference(
             logits, target, group, num_groups, label_smoothing=label_smoothing, ignore_index=ignore_index
         )
         weighted = None
@@ -320,7 +275,7 @@ def group_cross_entropy(
             weighted = (loss_sum * group_weight.to(loss_sum.dtype)).sum()
         return GroupCrossEntropy(loss_sum, correct, count, sample_correct, weighted)
 
-    forward_op, _backward_op, weighted_op = _ops_for(chosen)
+    forward_op, _backward_op, weighted_op = route.ops
     if group_weight is not None and torch.is_grad_enabled() and logits.requires_grad:
         loss_sum, correct, count, sample_correct, _lse, grad_logits = weighted_op(
             logits, target, group, group_weight, label_smoothing, ignore_index

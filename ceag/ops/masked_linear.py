@@ -12,9 +12,9 @@ On CPU the C++ kernel is sparse-aware: given a :class:`MaskLayout` (the mask com
 output row, CSR, and by input column, CSC; int32) it runs the forward, grad_x and grad_W in
 O(nnz * B). Above :data:`DENSE_THRESHOLD` density it falls back to ATen GEMMs on W*M.
 
-Autograd and fake (meta) kernels are registered on the ops with torch.library by
-:func:`register_masked_linear_autograd`, so ``torch.compile(fullgraph=True)`` traces a model
-that uses the op without graph breaks.
+Fake (meta) kernels and autograd are registered on each backend's ops through the family's
+record, :data:`MASKED_LINEAR` (ceag/ops/_registry.py), so ``torch.compile(fullgraph=True)``
+traces a model that uses the op without graph breaks.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from ceag.ops import reference
-from ceag.ops._backend import resolve_backend
 from ceag.ops._checks import FLOAT_DTYPES, check_tensor
+from ceag.ops._registry import OpFamily, dispatch, register_family
 
 __all__ = [
     "DENSE_THRESHOLD",
@@ -107,29 +107,24 @@ class MaskLayout:
         return MaskLayout(*moved, shape=self.shape, nnz=self.nnz, density=self.density)
 
 
-def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -> None:
-    """Register fake kernels and autograd for one backend's three masked linear ops.
+def _forward_fake(x, weight, mask, bias, csr_ptr, csr_idx, csc_ptr, csc_idx):
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    torch._check(x.shape[1] == weight.shape[1], lambda: "x and weight disagree on K")
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
-    The ops must have the schemas of ``ceag::masked_linear``, ``ceag::masked_linear_grad_input``
-    and ``ceag::masked_linear_grad_weight`` (csrc/ceag.cpp). Called for the C++ ops below and by
-    ``ceag.kernels.masked_linear`` for the Triton ones.
-    """
 
-    @torch.library.register_fake(forward_op)
-    def _forward_fake(x, weight, mask, bias, csr_ptr, csr_idx, csc_ptr, csc_idx):
-        torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
-        torch._check(x.shape[1] == weight.shape[1], lambda: "x and weight disagree on K")
-        return x.new_empty((x.shape[0], weight.shape[0]))
+def _grad_input_fake(grad_y, weight, mask, csc_ptr, csc_idx):
+    torch._check(grad_y.dim() == 2, lambda: f"grad_y must be 2-D, got {grad_y.dim()}-D")
+    return grad_y.new_empty((grad_y.shape[0], weight.shape[1]))
 
-    @torch.library.register_fake(grad_input_op)
-    def _grad_input_fake(grad_y, weight, mask, csc_ptr, csc_idx):
-        torch._check(grad_y.dim() == 2, lambda: f"grad_y must be 2-D, got {grad_y.dim()}-D")
-        return grad_y.new_empty((grad_y.shape[0], weight.shape[1]))
 
-    @torch.library.register_fake(grad_weight_op)
-    def _grad_weight_fake(grad_y, x, mask, csr_ptr, csr_idx):
-        torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
-        return x.new_empty((mask.shape[0], mask.shape[1]))
+def _grad_weight_fake(grad_y, x, mask, csr_ptr, csr_idx):
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D, got {x.dim()}-D")
+    return x.new_empty((mask.shape[0], mask.shape[1]))
+
+
+def _register_autograd(forward_op, grad_input_op, grad_weight_op) -> None:
+    """grad_x through ``grad_input_op``, grad_W through ``grad_weight_op``; never to the mask."""
 
     def setup_context(ctx, inputs, output):
         x, weight, mask, _bias, csr_ptr, csr_idx, csc_ptr, csc_idx = inputs
@@ -150,11 +145,27 @@ def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
 
 
-register_masked_linear_autograd(
-    torch.ops.ceag.masked_linear.default,
-    torch.ops.ceag.masked_linear_grad_input.default,
-    torch.ops.ceag.masked_linear_grad_weight.default,
+MASKED_LINEAR = register_family(
+    OpFamily(
+        name="masked_linear",
+        compiled=("masked_linear", "masked_linear_grad_input", "masked_linear_grad_weight"),
+        triton=("masked_linear_triton", "masked_linear_grad_input_triton", "masked_linear_grad_weight_triton"),
+        triton_module="ceag.kernels.masked_linear",
+        reference=reference.masked_linear,
+        fake=(_forward_fake, _grad_input_fake, _grad_weight_fake),
+        autograd=_register_autograd,
+    )
 )
+
+
+def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -> None:
+    """Register fake kernels and autograd for one backend's three masked linear ops.
+
+    The ops must have the schemas of ``ceag::masked_linear``, ``ceag::masked_linear_grad_input``
+    and ``ceag::masked_linear_grad_weight`` (csrc/ceag.cpp); ``ceag.kernels.masked_linear``
+    calls this for its Triton ops. Idempotent (:meth:`OpFamily.register`).
+    """
+    MASKED_LINEAR.register((forward_op, grad_input_op, grad_weight_op))
 
 
 def _check_inputs(x, weight, mask, bias, layout) -> None:
@@ -236,9 +247,10 @@ def masked_linear(
     depends on the path: dense GEMMs compute NaN * 0).
     """
     _check_inputs(x, weight, mask, bias, layout)
-    backend = resolve_backend(backend, x.device)
-    if backend == "reference":
-        return reference.masked_linear(x, weight, mask, bias)
+    route = dispatch(MASKED_LINEAR, backend, x.device)
+    if route.backend == "reference":
+        return MASKED_LINEAR.reference(x, weight, mask, bias)
+    forward_op = route.ops[0]
     n, k = weight.shape
     lead = x.shape[:-1]
     # K = 0: reshape(-1, 0) is ambiguous; y is then the bias (or zeros) for every row.
@@ -247,11 +259,7 @@ def masked_linear(
     mask = mask.contiguous()
     if bias is not None:
         bias = bias.contiguous()  # the Triton kernel reads bias densely (a strided one gave wrong y)
-    if backend == "triton":
-        import ceag.kernels.masked_linear  # noqa: F401  (registers the *_triton ops)
-
-        y = torch.ops.ceag.masked_linear_triton(x2, weight, mask, bias, *_NO_LAYOUT)
-    else:
-        layout_args = _cpu_layout_args(mask, layout) if x.device.type == "cpu" else _NO_LAYOUT
-        y = torch.ops.ceag.masked_linear(x2, weight, mask, bias, *layout_args)
+    # Only the C++ CPU kernel reads a layout; the Triton kernels read the dense mask.
+    layout_args = _cpu_layout_args(mask, layout) if route.backend == "cpp" else _NO_LAYOUT
+    y = forward_op(x2, weight, mask, bias, *layout_args)
     return y.reshape(*lead, n)

@@ -14,23 +14,29 @@ import torch
 from torch import Tensor
 
 from ceag.ops import reference
-from ceag.ops._backend import resolve_backend
 from ceag.ops._checks import INDEX_DTYPES, check_index_ranges, check_tensor
+from ceag.ops._registry import OpFamily, dispatch, register_family
 
 __all__ = ["replay_buffer_update"]
 
 BUFFER_DTYPES = (torch.bool, torch.uint8, torch.float32, torch.float64)
 
 
-@torch.library.register_fake("ceag::replay_buffer_update_")
 def _fake_replay_buffer_update_(buffer, head, fill, group, values):
     return None
 
 
-def _triton_op():
-    import ceag.kernels.replay_buffer  # noqa: F401  (registers ceag::replay_buffer_update_triton_)
-
-    return torch.ops.ceag.replay_buffer_update_triton_
+# In place, so no autograd: the buffers hold detached per-sample statistics.
+REPLAY_BUFFER = register_family(
+    OpFamily(
+        name="replay_buffer",
+        compiled=("replay_buffer_update_",),
+        triton=("replay_buffer_update_triton_",),
+        triton_module="ceag.kernels.replay_buffer",
+        reference=reference.replay_buffer_update_,
+        fake=(_fake_replay_buffer_update_,),
+    )
+)
 
 
 def _validate(buffer, head, fill, group, values) -> Tensor:
@@ -77,8 +83,8 @@ def replay_buffer_update(
     """
     values = _validate(buffer, head, fill, group, values)
     group, values = group.contiguous(), values.contiguous()  # the kernels read them densely
-    chosen = resolve_backend(backend, buffer.device)
-    if chosen != "cpp" and not torch.compiler.is_compiling():
+    route = dispatch(REPLAY_BUFFER, backend, buffer.device)
+    if route.backend != "cpp" and not torch.compiler.is_compiling():
         # The C++ kernel checks its own. Out-of-range head/fill would make the others write
         # out of bounds (the Triton kernel computes slots from head without a bounds check).
         k = buffer.shape[1]
@@ -89,15 +95,13 @@ def replay_buffer_update(
         # The kernels index head/fill (and the C++ one the buffer) as dense arrays: update
         # contiguous copies, then write them back, so the result equals the contiguous call's.
         bufc, headc, fillc = buffer.contiguous(), head.contiguous(), fill.contiguous()
-        replay_buffer_update(bufc, headc, fillc, group, values, backend=chosen)
+        replay_buffer_update(bufc, headc, fillc, group, values, backend=route.backend)
         for dst, src in ((buffer, bufc), (head, headc), (fill, fillc)):
             if dst is not src:
                 dst.copy_(src)
         return fill
-    if chosen == "reference":
-        reference.replay_buffer_update_(buffer, head, fill, group, values)
-    elif chosen == "triton":
-        _triton_op()(buffer, head, fill, group, values)
+    if route.backend == "reference":
+        REPLAY_BUFFER.reference(buffer, head, fill, group, values)
     else:
-        torch.ops.ceag.replay_buffer_update_(buffer, head, fill, group, values)
+        route.ops[0](buffer, head, fill, group, values)
     return fill
