@@ -1,0 +1,59 @@
+"""The core library (ops, nn, prune, metrics, methods, train) needs torch and cooper only: it
+imports, trains and checkpoints with the application's dependencies uninstalled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+APP_ONLY = ("pandas", "matplotlib", "tqdm", "sklearn", "pyarrow")
+
+# Makes the app-only packages unimportable, as on a machine with `pip install ceag` alone
+# (None in sys.modules: `import` raises ModuleNotFoundError, `find_spec` returns None).
+HIDE = f"import sys\nsys.modules.update(dict.fromkeys({APP_ONLY!r}))\n"
+
+
+def _python(code: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+def test_core_imports_nothing_from_the_app_extra(tmp_path):
+    code = (
+        "import sys, torch, cooper\n"
+        "before = set(sys.modules)\n"
+        "import ceag, ceag.ops, ceag.nn, ceag.prune, ceag.metrics, ceag.methods, ceag.train\n"
+        f"new = sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {APP_ONLY!r})\n"
+        "assert not new, new\n"
+        "assert not any(m.startswith('ceag.app') for m in sys.modules)\n"
+    )
+    out = _python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+
+
+def test_core_trains_and_resumes_without_the_app_extra(tmp_path):
+    code = HIDE + textwrap.dedent(
+        """
+        import torch
+        from torch.utils.data import TensorDataset
+        from ceag.train import TrainConfig, Trainer
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 5, generator=g); y = (x[:, 0] > 0).long(); grp = torch.arange(64) % 3
+        data = TensorDataset(x, y, grp)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        cfg = TrainConfig(num_groups=3, pruning_epochs=1, mitigation_epochs=1, batch_size=16, min_count=1,
+                          output_dir="out", progress=True)
+        t = Trainer(cfg, model, data, data); t.fit()
+        assert len(t.history) == 2 and t.checkpoint_path.exists()
+        assert (t.output_dir / "history.csv").read_text().startswith("epoch,phase,step,")
+        print("ok")
+        """
+    )
+    out = _python(code, tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_app_names_the_missing_extra(tmp_path):
+    out = _python(HIDE + "import ceag.app.cli\n", tmp_path)
+    assert out.returncode != 0
+    assert "pip install ceag[app]" in out.stderr and "pandas" in out.stderr
