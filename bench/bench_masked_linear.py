@@ -48,9 +48,7 @@ class _TorchSparseLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         st = ctx.st
         n, k = st["shape"]
-        at = torch.sparse_csr_tensor(
-            st["crow_t"], st["col_t"], weight.reshape(-1)[st["csc_flat"]], (k, n)
-        )
+        at = torch.sparse_csr_tensor(st["crow_t"], st["col_t"], weight.reshape(-1)[st["csc_flat"]], (k, n))
         grad_x = (at @ gy.t()).t()
         sampled = torch.sparse.sampled_addmm(st["pattern"], gy.t().contiguous(), x, beta=0.0)
         grad_w = torch.zeros(n * k, dtype=x.dtype)
@@ -97,9 +95,11 @@ def test_masked_linear_fwd_bwd(benchmark, shape, sparsity, impl):
     inputs = (x, w, b)
 
     if impl == "eager":
+
         def fwd():
             return _eager(x, w, mask, b)
     elif impl == "compile":
+
         def fwd():
             return _compiled(x, w, mask, b)
     elif impl == "torch_sparse":

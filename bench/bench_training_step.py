@@ -65,11 +65,14 @@ _medians: dict[tuple[int, str], float] = {}
 def _mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(D_IN, HIDDEN), nn.ReLU(),
-        nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-        nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+        nn.Linear(D_IN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
         nn.Linear(HIDDEN, C),
-    )  # fmt: skip
+    )
 
 
 def _sparse_mlp() -> nn.Module:
@@ -218,9 +221,7 @@ def _eager_step(G: int):
         logits = model(x)
         loss = F.cross_entropy(logits, y, reduction="none")
         # Per-group mean losses: a sparse COO one-hot [G, N], coalesced, times the losses.
-        onehot = torch.sparse_coo_tensor(
-            torch.stack([g, arange]), torch.ones(N), (G, N), check_invariants=False
-        ).coalesce()
+        onehot = torch.sparse_coo_tensor(torch.stack([g, arange]), torch.ones(N), (G, N), check_invariants=False).coalesce()
         group_sum = torch.sparse.mm(onehot, loss.unsqueeze(1)).squeeze(1)
         group_count = torch.sparse.sum(onehot, dim=1).to_dense()
         group_mean = group_sum / group_count.clamp_min(1)

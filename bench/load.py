@@ -71,8 +71,19 @@ from load_report import (
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-__all__ = ["GROWTH_NOISE_MB", "HISTORY_BYTES_PER_GROUP_EPOCH", "PEAK_FACTOR", "PEAK_SLACK_MB", "Epoch", "Growth",
-           "LoadConfig", "LoadReport", "Verdict", "measure", "run_load"]  # fmt: skip
+__all__ = [
+    "GROWTH_NOISE_MB",
+    "HISTORY_BYTES_PER_GROUP_EPOCH",
+    "PEAK_FACTOR",
+    "PEAK_SLACK_MB",
+    "Epoch",
+    "Growth",
+    "LoadConfig",
+    "LoadReport",
+    "Verdict",
+    "measure",
+    "run_load",
+]
 
 
 def run_load(config: LoadConfig, *, timeout_s: float | None = None) -> LoadReport:
@@ -121,11 +132,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _config(args: argparse.Namespace, samples: int) -> LoadConfig:
     return LoadConfig(
-        samples=samples, groups=args.groups, test=args.test, hidden=tuple(args.hidden), methods=tuple(args.methods),
-        sparsity=args.sparsity, batch_size=args.batch_size, dense_epochs=args.dense_epochs,
-        pruning_epochs=args.pruning_epochs, mitigation_epochs=args.mitigation_epochs, plots=args.plots,
-        leak_mb=args.leak_mb, tmp=args.tmp, threads=args.threads, verbose=args.verbose,
-    )  # fmt: skip
+        samples=samples,
+        groups=args.groups,
+        test=args.test,
+        hidden=tuple(args.hidden),
+        methods=tuple(args.methods),
+        sparsity=args.sparsity,
+        batch_size=args.batch_size,
+        dense_epochs=args.dense_epochs,
+        pruning_epochs=args.pruning_epochs,
+        mitigation_epochs=args.mitigation_epochs,
+        plots=args.plots,
+        leak_mb=args.leak_mb,
+        tmp=args.tmp,
+        threads=args.threads,
+        verbose=args.verbose,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,10 @@ def table(r: LoadReport) -> str:
         f"| data tensors (train + test: x, y, group) | {_mib(first['data'])} |",
         f"| model (weights + masks) | {_mib(first['model'])} |",
         *[f"| optimizer state ({k}) | {_mib(s['optimizer'])} |" for k, s in b.items()],
-        *[f"| method state ({k}: multipliers, dual optimizer, buffers G×k, constants) | {_mib(s['method'])} |" for k, s in b.items()],
+        *[
+            f"| method state ({k}: multipliers, dual optimizer, buffers G×k, constants) | {_mib(s['method'])} |"
+            for k, s in b.items()
+        ],
         f"| dense statistics (train, test) | {_mib(first['dense_stats'])} |",
         *[f"| history as JSON at the end ({k}) | {_mib(s['history_json'])} |" for k, s in b.items()],
         *[f"| checkpoint file ({k}) | {_mib(s['checkpoint_file'])} |" for k, s in b.items()],
@@ -71,7 +74,8 @@ def table(r: LoadReport) -> str:
         f"| after `import torch, ceag` | {m['after_imports']:.1f} |",
         f"| baseline (after the warm-up run) | {m['baseline']:.1f} |",
         f"| after generating the data ({r.seconds['data']:.1f} s) | {m['after_data']:.1f}"
-        + (f" (peak {m['data_peak']:.1f})" if m["data_peak"] else "") + " |",
+        + (f" (peak {m['data_peak']:.1f})" if m["data_peak"] else "")
+        + " |",
         f"| after the dense model ({r.seconds['dense']:.1f} s) | {m['after_dense']:.1f} |",
         f"| after `run_experiment` re-reads the finished runs, writes results ({r.seconds['report']:.1f} s) | "
         f"{m['end']:.1f}" + (f" (peak {m['experiment_report_peak']:.1f})" if m.get("experiment_report_peak") else "") + " |",
@@ -118,7 +122,7 @@ def report(results: list[LoadReport], info: dict[str, str]) -> str:
         "Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/load.py` (one fresh process per N). RSS is "
         "`VmRSS`; peaks are `VmHWM`, reset after each epoch via `/proc/self/clear_refs`. The baseline "
         "is the RSS after a tiny warm-up experiment through the same code path (interpreter, torch, "
-        "ceag, pandas, the extension, allocator pools). \"After trim\": RSS after `gc.collect()` and "
+        'ceag, pandas, the extension, allocator pools). "After trim": RSS after `gc.collect()` and '
         "glibc's `malloc_trim(0)`, i.e. live memory rather than what the allocator keeps for reuse "
         "(raw RSS moves by 1-3% from epoch to epoch either way). State = data + model + optimizer "
         "state + method state (multipliers, dual optimizer, replay buffers G×k, dense constants).",

@@ -141,6 +141,7 @@ def measure(config: LoadConfig) -> LoadReport:
     import torch
 
     import ceag.app.experiment as E
+
     torch.set_num_threads(config.num_threads)
     imported = status()
     quiet = lambda msg: None  # noqa: E731
@@ -214,8 +215,15 @@ def measure(config: LoadConfig) -> LoadReport:
             report_peak = status()["VmHWM"]  # the final evaluation of train and test, metrics.json
             peaks.append(report_peak)
             reset_peak()
-            runs.append({"method": method, "seconds": time.perf_counter() - t0, "summary": r.summary,
-                         "seconds_per_step": r.seconds_per_step, "final_report_peak_mb": report_peak})  # fmt: skip
+            runs.append(
+                {
+                    "method": method,
+                    "seconds": time.perf_counter() - t0,
+                    "summary": r.summary,
+                    "seconds_per_step": r.seconds_per_step,
+                    "final_report_peak_mb": report_peak,
+                }
+            )
         del data, dense, r  # run_experiment loads its own copy of the data
         trim()
         t0 = time.perf_counter()
@@ -243,8 +251,13 @@ def measure(config: LoadConfig) -> LoadReport:
         buffer_size=cfg.buffer_size,
         peak_resettable=can_reset,
         rss_mb=rss_mb,
-        seconds={"warmup": warmup_s, "data": data_s, "dense": dense_s, "report": report_s,
-                 "runs": {r["method"]: r["seconds"] for r in runs}},  # fmt: skip
+        seconds={
+            "warmup": warmup_s,
+            "data": data_s,
+            "dense": dense_s,
+            "report": report_s,
+            "runs": {r["method"]: r["seconds"] for r in runs},
+        },
         bytes=run_sizes,
         state_bytes=state,
         epochs=tuple(epochs),

@@ -65,11 +65,30 @@ class LoadConfig:
 
     def argv(self) -> list[str]:
         """The same configuration as ``bench/load.py`` command-line options."""
-        out = ["--samples", str(self.samples), "--groups", str(self.groups), "--test", str(self.test),
-               "--hidden", ",".join(map(str, self.hidden)), "--methods", ",".join(self.methods),
-               "--sparsity", repr(self.sparsity), "--batch-size", str(self.batch_size),
-               "--dense-epochs", str(self.dense_epochs), "--pruning-epochs", str(self.pruning_epochs),
-               "--mitigation-epochs", str(self.mitigation_epochs), "--leak-mb", repr(self.leak_mb)]  # fmt: skip
+        out = [
+            "--samples",
+            str(self.samples),
+            "--groups",
+            str(self.groups),
+            "--test",
+            str(self.test),
+            "--hidden",
+            ",".join(map(str, self.hidden)),
+            "--methods",
+            ",".join(self.methods),
+            "--sparsity",
+            repr(self.sparsity),
+            "--batch-size",
+            str(self.batch_size),
+            "--dense-epochs",
+            str(self.dense_epochs),
+            "--pruning-epochs",
+            str(self.pruning_epochs),
+            "--mitigation-epochs",
+            str(self.mitigation_epochs),
+            "--leak-mb",
+            repr(self.leak_mb),
+        ]
         out += ["--plots"] * self.plots + ["-v"] * self.verbose
         out += ["--tmp", self.tmp] if self.tmp is not None else []
         out += ["--threads", str(self.threads)] if self.threads is not None else []
@@ -156,15 +175,27 @@ class LoadReport:
     def to_dict(self) -> dict[str, Any]:
         c = self.config
         out = {
-            "groups": c.groups, "samples": c.samples, "test_samples": c.test, "hidden": list(c.hidden),
-            "methods": list(c.methods), "sparsity": c.sparsity, "batch_size": c.batch_size,
-            "dense_epochs": c.dense_epochs, "pruning_epochs": c.pruning_epochs,
-            "mitigation_epochs": c.mitigation_epochs, "buffer_size": self.buffer_size,
-            "leak_mb_per_epoch": c.leak_mb, "peak_resettable": self.peak_resettable,
-            "rss_mb": dict(self.rss_mb), "seconds": self.seconds, "bytes": self.bytes,
-            "state_bytes": self.state_bytes, "epochs": [asdict(e) for e in self.epochs],
-            "runs": list(self.runs), "verdict": asdict(self.verdict),
-        }  # fmt: skip
+            "groups": c.groups,
+            "samples": c.samples,
+            "test_samples": c.test,
+            "hidden": list(c.hidden),
+            "methods": list(c.methods),
+            "sparsity": c.sparsity,
+            "batch_size": c.batch_size,
+            "dense_epochs": c.dense_epochs,
+            "pruning_epochs": c.pruning_epochs,
+            "mitigation_epochs": c.mitigation_epochs,
+            "buffer_size": self.buffer_size,
+            "leak_mb_per_epoch": c.leak_mb,
+            "peak_resettable": self.peak_resettable,
+            "rss_mb": dict(self.rss_mb),
+            "seconds": self.seconds,
+            "bytes": self.bytes,
+            "state_bytes": self.state_bytes,
+            "epochs": [asdict(e) for e in self.epochs],
+            "runs": list(self.runs),
+            "verdict": asdict(self.verdict),
+        }
         if self.machine is not None:
             out["machine"] = self.machine
         return out
@@ -172,28 +203,46 @@ class LoadReport:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoadReport:
         config = LoadConfig(
-            samples=d["samples"], groups=d["groups"], test=d["test_samples"], hidden=tuple(d["hidden"]),
-            methods=tuple(d["methods"]), sparsity=d["sparsity"], batch_size=d["batch_size"],
-            dense_epochs=d["dense_epochs"], pruning_epochs=d["pruning_epochs"],
-            mitigation_epochs=d["mitigation_epochs"], leak_mb=d.get("leak_mb_per_epoch", 0.0),
-        )  # fmt: skip
+            samples=d["samples"],
+            groups=d["groups"],
+            test=d["test_samples"],
+            hidden=tuple(d["hidden"]),
+            methods=tuple(d["methods"]),
+            sparsity=d["sparsity"],
+            batch_size=d["batch_size"],
+            dense_epochs=d["dense_epochs"],
+            pruning_epochs=d["pruning_epochs"],
+            mitigation_epochs=d["mitigation_epochs"],
+            leak_mb=d.get("leak_mb_per_epoch", 0.0),
+        )
         v = d["verdict"]
         verdict = Verdict(**{**v, "growth": {k: Growth(**g) for k, g in v["growth"].items()}})
         names = {f.name for f in fields(Epoch)}
         return cls(
-            config=config, buffer_size=d["buffer_size"], peak_resettable=d["peak_resettable"],
-            rss_mb=d["rss_mb"], seconds=d["seconds"], bytes=d["bytes"], state_bytes=d["state_bytes"],
+            config=config,
+            buffer_size=d["buffer_size"],
+            peak_resettable=d["peak_resettable"],
+            rss_mb=d["rss_mb"],
+            seconds=d["seconds"],
+            bytes=d["bytes"],
+            state_bytes=d["state_bytes"],
             epochs=tuple(Epoch(**{k: e[k] for k in names}) for e in d["epochs"]),
-            runs=tuple(d["runs"]), verdict=verdict, machine=d.get("machine"),
-        )  # fmt: skip
+            runs=tuple(d["runs"]),
+            verdict=verdict,
+            machine=d.get("machine"),
+        )
 
 
 def state_bytes(sizes: dict[str, dict[str, int]]) -> int:
     """Data + model + optimizer state + method state (with the dense constants): the data and
     model of the first run (every run holds the same), the largest of the others."""
     first = next(iter(sizes.values()))
-    return (first["data"] + first["model"] + max(s["optimizer"] for s in sizes.values())
-            + max(s["method"] + s["dense_stats"] for s in sizes.values()))  # fmt: skip
+    return (
+        first["data"]
+        + first["model"]
+        + max(s["optimizer"] for s in sizes.values())
+        + max(s["method"] + s["dense_stats"] for s in sizes.values())
+    )
 
 
 def verdict(config: LoadConfig, epochs: tuple[Epoch, ...] | list[Epoch], rss_mb: dict[str, Any], state: int) -> Verdict:

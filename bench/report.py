@@ -31,7 +31,7 @@ def render(data: dict) -> str:
     devices = sorted({str(b["extra_info"]["device"]) for b in data["benchmarks"] if "device" in b.get("extra_info", {})})
     lines = [
         f"Machine: {_machine(data['machine_info'])}" + (f"; device: {', '.join(devices)}" if devices else ""),
-        f"Run: {data.get('datetime', '')}, torch {data['machine_info'].get('torch_version', '')}".rstrip(", torch "),
+        f"Run: {data.get('datetime', '')}, torch {data['machine_info'].get('torch_version', '')}".removesuffix(", torch "),
         "",
         "| case | impl | median (ms) | IQR (ms) | speedup vs eager | "
         + " | ".join(k for k in extra_keys if k != "device")
@@ -43,9 +43,7 @@ def render(data: dict) -> str:
         for b in sorted(benches, key=lambda b: b["stats"]["median"]):
             med = b["stats"]["median"]
             speedup = f"{eager['stats']['median'] / med:.2f}x" if eager else "n/a"
-            extras = [
-                _fmt(b.get("extra_info", {}).get(k, "")) for k in extra_keys if k != "device"
-            ]
+            extras = [_fmt(b.get("extra_info", {}).get(k, "")) for k in extra_keys if k != "device"]
             lines.append(
                 f"| {group} | {b['params'].get('impl', b['name'])} | {med * 1e3:.3f} | "
                 f"{b['stats']['iqr'] * 1e3:.3f} | {speedup} | " + " | ".join(extras) + " |"

@@ -31,8 +31,17 @@ def main(names: list[str]) -> int:
     for module in modules:
         out = RESULTS / f"{prefix}-{module.stem.removeprefix('bench_')}.json"
         rc = subprocess.call(
-            [sys.executable, "-m", "pytest", str(module), "-q", "-p", "no:cacheprovider",
-             "--benchmark-only", f"--benchmark-json={out}"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                str(module),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--benchmark-only",
+                f"--benchmark-json={out}",
+            ],
             cwd=HERE.parent,
         )
         failed += rc != 0

@@ -5,8 +5,15 @@ Layers, in pipeline order: ``ceag.ops`` (fused kernels behind one API) -> ``ceag
 CEAG) -> ``ceag.train`` (dense training, GMP, mitigation, checkpoints).
 """
 
-from ceag import _extension  # noqa: F401  (loads $CEAG_EXTENSION_PATH now; ceag._C on first compiled call)
-from ceag import metrics, methods, nn, ops, prune, train
+from ceag import (
+    _extension,  # noqa: F401  (loads $CEAG_EXTENSION_PATH now; ceag._C on first compiled call)
+    methods,
+    metrics,
+    nn,
+    ops,
+    prune,
+    train,
+)
 
 __version__ = "0.1.0"
 __all__ = ["metrics", "methods", "nn", "ops", "prune", "train", "__version__"]

@@ -17,8 +17,9 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -151,7 +152,11 @@ def write_verified(obj: Any, path: str | os.PathLike, *, magic: bytes, backup: s
 
 
 def read_verified(
-    path: str | os.PathLike, *, magic: bytes, what: str = "file", error: type[CorruptFileError] = CorruptFileError,
+    path: str | os.PathLike,
+    *,
+    magic: bytes,
+    what: str = "file",
+    error: type[CorruptFileError] = CorruptFileError,
     map_location: Any = "cpu",
 ) -> Any:
     """Read a file of :func:`write_verified`, checking ``magic``, length and SHA-256; ``error``

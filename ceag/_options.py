@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _MISSING: Any = dataclasses.MISSING
 
 
-def option(
-    default: Any = _MISSING, *, help: str, default_factory: Callable[[], Any] | Any = _MISSING, **cli: Any
-) -> Any:
+def option(default: Any = _MISSING, *, help: str, default_factory: Callable[[], Any] | Any = _MISSING, **cli: Any) -> Any:
     """A dataclass field with ``help`` and command-line details (see the module docstring)."""
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help, **cli})
 
@@ -40,11 +39,7 @@ def same_as(cls: type, name: str, default: Any = _MISSING, **cli: Any) -> Any:
 
 def passed_on(instance: Any) -> dict[str, Any]:
     """The values of ``instance``'s fields declared :func:`same_as` another config's, unchanged."""
-    return {
-        f.metadata["same_as"]: getattr(instance, f.name)
-        for f in dataclasses.fields(instance)
-        if f.metadata.get("passed_on")
-    }
+    return {f.metadata["same_as"]: getattr(instance, f.name) for f in dataclasses.fields(instance) if f.metadata.get("passed_on")}
 
 
 def comma_list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:

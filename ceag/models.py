@@ -8,7 +8,7 @@ into masked layers (first conv and last linear kept dense).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -10,7 +10,6 @@ rule keeps this test independent of that module's presence.)
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

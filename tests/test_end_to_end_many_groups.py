@@ -29,10 +29,23 @@ def _fit(method: str, data, **overrides):
     torch.manual_seed(0)
     model = build_model(data.input_shape, data.num_classes, "mlp", (64, 64))
     cfg = TrainConfig(
-        num_groups=G, method=method, tolerance=EPS, dual_lr=0.4 / G, buffer_size=20, dense_epochs=8,
-        dense_lr=0.05, final_sparsity=0.9, pruning_epochs=2, mitigation_epochs=14, batch_size=256,
-        eval_batch_size=4096, eval_test=False, min_count=MIN_COUNT, progress=False, **overrides,
-    )  # fmt: skip
+        num_groups=G,
+        method=method,
+        tolerance=EPS,
+        dual_lr=0.4 / G,
+        buffer_size=20,
+        dense_epochs=8,
+        dense_lr=0.05,
+        final_sparsity=0.9,
+        pruning_epochs=2,
+        mitigation_epochs=14,
+        batch_size=256,
+        eval_batch_size=4096,
+        eval_test=False,
+        min_count=MIN_COUNT,
+        progress=False,
+        **overrides,
+    )
     trainer = Trainer(cfg, model, data.train)
     trainer.fit()
     stats = trainer._evaluate(data.train)

@@ -50,9 +50,22 @@ def test_shared_fields_take_the_training_help_and_are_passed_on():
         if f.name != "progress":  # shown as its switch, --no-progress
             assert f.metadata["help"] == source.metadata["help"], f.name
     # A non-default value of every passed-on field reaches the run's TrainConfig.
-    changed = {"tolerance": 0.03, "constrain_min_count": 5, "pruning_epochs": 3, "mitigation_epochs": 7, "lr": 0.05,
-               "momentum": 0.5, "weight_decay": 0.0, "batch_size": 17, "eval_batch_size": 33, "pruning_scope": "global",
-               "min_count": 11, "progress": False, "checkpoint_every_steps": 9, "on_nonfinite": "skip"}  # fmt: skip
+    changed = {
+        "tolerance": 0.03,
+        "constrain_min_count": 5,
+        "pruning_epochs": 3,
+        "mitigation_epochs": 7,
+        "lr": 0.05,
+        "momentum": 0.5,
+        "weight_decay": 0.0,
+        "batch_size": 17,
+        "eval_batch_size": 33,
+        "pruning_scope": "global",
+        "min_count": 11,
+        "progress": False,
+        "checkpoint_every_steps": 9,
+        "on_nonfinite": "skip",
+    }
     on = {f.name for f in shared if f.metadata["passed_on"]}
     assert on == set(changed) | {"device"}
     run = ExperimentConfig(**changed).train_config("ceag", 0.9, 0, num_groups=4)

@@ -21,8 +21,9 @@ import json
 import math
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +125,9 @@ def _table(report: DisparityReport, names: Sequence[str], rows: int | None = Non
         "| group | n | dense acc | sparse acc | ψ_g (interval) | verdict |",
         "|---|---|---|---|---|---|",
     ]
-    order = sorted(range(report.num_groups), key=lambda g: (not report.included[g], -(report.psi[g] if report.included[g] else 0)))
+    order = sorted(
+        range(report.num_groups), key=lambda g: (not report.included[g], -(report.psi[g] if report.included[g] else 0))
+    )
     shown = 0
     for g in order:
         if int(report.count[g]) == 0 and int(report.dense_count[g]) == 0:
@@ -148,12 +151,13 @@ def _summary_line(split: str, r: DisparityReport) -> str:
         f"{split}: overall accuracy {s['dense_accuracy']:.1%} dense → {s['sparse_accuracy']:.1%} sparse; "
         f"max ψ {_pct(s['max_psi'])} points, Ψ_PW {_pct(s['psi_pw'])[1:]} over {s['num_included']} groups; "
         f"{s['num_within']} certified within ε = {r.tolerance * 100:g} points, {s['num_violates']} violate, "
-        f"{s['num_too_small']} too small to tell"
-        + (f"; {r.exclusion_note()}" if r.exclusion_note() else "")
+        f"{s['num_too_small']} too small to tell" + (f"; {r.exclusion_note()}" if r.exclusion_note() else "")
     )
 
 
-def write_audit(reports: dict[str, DisparityReport], names: Sequence[str], folder: str | Path, *, plots: bool = True) -> list[Path]:
+def write_audit(
+    reports: dict[str, DisparityReport], names: Sequence[str], folder: str | Path, *, plots: bool = True
+) -> list[Path]:
     """``audit.md``, ``audit.json`` and (``plots``) ``group-psi-<split>.png`` in ``folder``."""
     folder = Path(folder)
     md = ["# Audit: excess accuracy gap ψ_g of the sparse model (percentage points)", ""]
@@ -162,12 +166,23 @@ def write_audit(reports: dict[str, DisparityReport], names: Sequence[str], folde
     for split, r in reports.items():
         md += [f"## {split}", "", _summary_line(split, r), "", _table(r, names), ""]
         frame = r.to_dataframe(names)
-        payload[split] = {"summary": r.summary(), "groups": json.loads(frame.reset_index().to_json(orient="records", double_precision=15))}
+        payload[split] = {
+            "summary": r.summary(),
+            "groups": json.loads(frame.reset_index().to_json(orient="records", double_precision=15)),
+        }
         if plots:
             from ceag.app import plots as plots_mod
 
-            written.append(plots_mod.group_gap_bars({"sparse": r.psi}, r.tolerance, folder / f"group-psi-{split}.png",
-                                                    group_names=list(names), counts=r.count.tolist(), split=split))  # fmt: skip
+            written.append(
+                plots_mod.group_gap_bars(
+                    {"sparse": r.psi},
+                    r.tolerance,
+                    folder / f"group-psi-{split}.png",
+                    group_names=list(names),
+                    counts=r.count.tolist(),
+                    split=split,
+                )
+            )
     written.insert(0, atomic_write(folder / "audit.md", "\n".join(md).encode()))
     written.insert(1, atomic_write(folder / "audit.json", json.dumps(payload, indent=1, allow_nan=True).encode()))
     return written

@@ -24,7 +24,8 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ceag._options import comma_list
 
@@ -44,22 +45,41 @@ def _add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The data flags shared by the experiment commands and ``audit``; returns their group."""
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", help="adult, census-kdd, fashion-mnist or synthetic (default adult)")
-    g.add_argument("--groups", help="your table: group columns, e.g. race,sex,age:bins=25,45,65 (their "
-                   "intersection is the group); synthetic: the number of groups")  # fmt: skip
+    g.add_argument(
+        "--groups",
+        help="your table: group columns, e.g. race,sex,age:bins=25,45,65 (their "
+        "intersection is the group); synthetic: the number of groups",
+    )
     g.add_argument("--samples", type=int, help="synthetic only: number of training samples")
     g.add_argument("--minority-effect", type=float, help="synthetic only: strength of the group-specific rules")
-    g.add_argument("--data", metavar="PATH", help="your own table (.csv or .parquet; with --label and --groups) or image "
-                   "folder (class subfolders; with --attributes and --groups) instead of --dataset")  # fmt: skip
+    g.add_argument(
+        "--data",
+        metavar="PATH",
+        help="your own table (.csv or .parquet; with --label and --groups) or image "
+        "folder (class subfolders; with --attributes and --groups) instead of --dataset",
+    )
     g.add_argument("--label", help="your table: the label column")
     g.add_argument("--attributes", metavar="FILE", help="your image folder: a CSV with a 'file' column and the attribute columns")
-    g.add_argument("--image-size", type=_size, help="your image folder: resize every image to HxW (default: the first image's size)")
+    g.add_argument(
+        "--image-size", type=_size, help="your image folder: resize every image to HxW (default: the first image's size)"
+    )
     g.add_argument("--test", metavar="PATH", help="your table: a test file with the same columns (default: --test-fraction)")
-    g.add_argument("--test-fraction", type=float, default=0.2, help="your table: share of every group held out for test (default 0.2)")
+    g.add_argument(
+        "--test-fraction", type=float, default=0.2, help="your table: share of every group held out for test (default 0.2)"
+    )
     g.add_argument("--features", type=_list(str), help="your table: feature columns (default: all but the label)")
-    g.add_argument("--missing-groups", choices=("level", "error"), default="level",
-                   help="your table: a missing group value is its own level NA (default) or an error")  # fmt: skip
-    g.add_argument("--impute", choices=("refuse", "mean"), default="refuse",
-                   help="your table: missing feature values are refused (default) or imputed from train (mean / most frequent)")  # fmt: skip
+    g.add_argument(
+        "--missing-groups",
+        choices=("level", "error"),
+        default="level",
+        help="your table: a missing group value is its own level NA (default) or an error",
+    )
+    g.add_argument(
+        "--impute",
+        choices=("refuse", "mean"),
+        default="refuse",
+        help="your table: missing feature values are refused (default) or imputed from train (mean / most frequent)",
+    )
     g.add_argument("--data-dir", help="data folder of the bundled data sets (default $CEAG_DATA or ~/.cache/ceag)")
     return g
 
@@ -80,7 +100,9 @@ def _add_experiment_args(p: argparse.ArgumentParser, *, grid: str) -> None:
         g.add_argument("--sparsity", type=_fraction, default=0.9, help="final sparsity, e.g. 0.9 or 90%% (default 0.9)")
         g.add_argument("--seed", type=int, default=0)
     else:
-        g.add_argument("--methods", type=_list(str), default=("nft", "el", "el_rb", "ceag") if grid == "compare" else ("nft", "ceag"))
+        g.add_argument(
+            "--methods", type=_list(str), default=("nft", "el", "el_rb", "ceag") if grid == "compare" else ("nft", "ceag")
+        )
         if grid == "compare":
             g.add_argument("--sparsity", type=_fraction, default=0.9)
         else:
@@ -127,9 +149,15 @@ def _data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if not args.attributes or not args.groups:
             raise ValueError("--data DIR (images) needs --attributes (a CSV of each file's attributes) and --groups")
         dataset = "images"
-        options = {"path": os.path.abspath(args.data), "attributes": os.path.abspath(args.attributes), "groups": args.groups,
-                   "test": os.path.abspath(args.test) if args.test else None, "test_fraction": args.test_fraction,
-                   "image_size": list(args.image_size) if args.image_size else None, "missing_groups": args.missing_groups}  # fmt: skip
+        options = {
+            "path": os.path.abspath(args.data),
+            "attributes": os.path.abspath(args.attributes),
+            "groups": args.groups,
+            "test": os.path.abspath(args.test) if args.test else None,
+            "test_fraction": args.test_fraction,
+            "image_size": list(args.image_size) if args.image_size else None,
+            "missing_groups": args.missing_groups,
+        }
     elif args.data is not None:
         if args.dataset_given:
             raise ValueError("--data and --dataset: give one (--data is your own table)")
@@ -139,10 +167,16 @@ def _data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if not args.label or not args.groups:
             raise ValueError("--data needs --label (the label column) and --groups (the group columns)")
         dataset = "table"
-        options = {"path": os.path.abspath(args.data), "label": args.label, "groups": args.groups,
-                   "test": os.path.abspath(args.test) if args.test else None, "test_fraction": args.test_fraction,
-                   "features": list(args.features) if args.features else None, "missing_groups": args.missing_groups,
-                   "impute": args.impute}  # fmt: skip
+        options = {
+            "path": os.path.abspath(args.data),
+            "label": args.label,
+            "groups": args.groups,
+            "test": os.path.abspath(args.test) if args.test else None,
+            "test_fraction": args.test_fraction,
+            "features": list(args.features) if args.features else None,
+            "missing_groups": args.missing_groups,
+            "impute": args.impute,
+        }
     else:
         for flag in (*table_flags, "test", *image_flags):
             if getattr(args, flag) is not None:
@@ -169,9 +203,14 @@ def _config(args: argparse.Namespace, grid: str):
         methods, sparsities, seeds = args.methods, args.sparsities, args.seeds
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig) if "group" in f.metadata}
     return ExperimentConfig(
-        dataset=dataset, dataset_options=options, methods=methods, sparsities=sparsities, seeds=seeds,
-        data_root=args.data_dir, **flags,
-    )  # fmt: skip
+        dataset=dataset,
+        dataset_options=options,
+        methods=methods,
+        sparsities=sparsities,
+        seeds=seeds,
+        data_root=args.data_dir,
+        **flags,
+    )
 
 
 #: Data-set options and config fields whose flag is not in the config's field metadata.
@@ -243,8 +282,15 @@ def _audit(args: argparse.Namespace) -> int:
         dataset, options = _data_options(args)
         if args.rows < 1:
             raise ValueError(f"--rows must be >= 1, got {args.rows}")
-        cfg = ExperimentConfig(dataset=dataset, dataset_options=options, data_root=args.data_dir, tolerance=args.tolerance,
-                               min_count=args.min_count, progress=not args.no_progress, methods=("nft",))  # fmt: skip
+        cfg = ExperimentConfig(
+            dataset=dataset,
+            dataset_options=options,
+            data_root=args.data_dir,
+            tolerance=args.tolerance,
+            min_count=args.min_count,
+            progress=not args.no_progress,
+            methods=("nft",),
+        )
         sparse_path = Path(args.sparse)
         # A run's last.ckpt is named after its run folder.
         name = args.name or f"audit-{sparse_path.parent.name if sparse_path.stem in ('last', 'prev') else sparse_path.stem}"
@@ -255,7 +301,9 @@ def _audit(args: argparse.Namespace) -> int:
     dense = audit_mod.load_model(args.dense, data, arch=args.arch, hidden=args.hidden)
     sparse = audit_mod.load_model(args.sparse, data, arch=args.arch, hidden=args.hidden)
     try:
-        reports = audit_mod.audit(dense, sparse, data, tolerance=args.tolerance, min_count=args.min_count, confidence=args.confidence)
+        reports = audit_mod.audit(
+            dense, sparse, data, tolerance=args.tolerance, min_count=args.min_count, confidence=args.confidence
+        )
     except ValueError as err:  # e.g. a model whose outputs do not match the data
         raise UsageError(f"the models do not fit the data: {err}") from None
     folder = Path(args.output) / name
@@ -354,9 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     text = "per-group report of a pruned model against its dense one, without training"
     a = sub.add_parser("audit", help=text, description=text)
     g = a.add_argument_group("models")
-    g.add_argument("--dense", required=True, metavar="FILE", help="the dense model: TorchScript, a ceag checkpoint or a state_dict")
+    g.add_argument(
+        "--dense", required=True, metavar="FILE", help="the dense model: TorchScript, a ceag checkpoint or a state_dict"
+    )
     g.add_argument("--sparse", required=True, metavar="FILE", help="the pruned model, in any of the same forms")
-    g.add_argument("--arch", default="auto", help="for state_dict files: auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56")
+    g.add_argument(
+        "--arch",
+        default="auto",
+        help="for state_dict files: auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56",
+    )
     g.add_argument("--hidden", type=_list(int), default=(512, 512), help="for state_dict files: MLP hidden widths")
     _add_data_args(a)
     g = a.add_argument_group("report")
@@ -393,8 +447,17 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from ceag.errors import UsageError
     from ceag.train import CheckpointError, NonFiniteError, OutputError
 
-    return (UsageError, FileNotFoundError, NotADirectoryError, DataCorruptError, DataFetchError, CheckpointError,
-            NonFiniteError, OutputError, FolderInUseError)  # fmt: skip
+    return (
+        UsageError,
+        FileNotFoundError,
+        NotADirectoryError,
+        DataCorruptError,
+        DataFetchError,
+        CheckpointError,
+        NonFiniteError,
+        OutputError,
+        FolderInUseError,
+    )
 
 
 #: Write failures reported in one line (disk full, quota, read-only, no permission).

@@ -41,8 +41,7 @@ def _masked_linear_rows(device: torch.device) -> list[tuple[str, float, float, f
         y_ref = F.linear(x, weight * mask)
         y = ceag.ops.masked_linear(x, weight, mask, layout=layout)
         err = (y - y_ref).abs().max().item()
-        rows.append((f"masked_linear B={batch} {n_out}x{n_in} sparsity {sparsity:.0%}",
-                     _time_ms(eager), _time_ms(fused), err))
+        rows.append((f"masked_linear B={batch} {n_out}x{n_in} sparsity {sparsity:.0%}", _time_ms(eager), _time_ms(fused), err))
     return rows
 
 
@@ -75,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"ceag {ceag.__version__} on {device} ({torch.get_num_threads()} CPU threads), "
-          "forward+backward, median of repeated runs\n")
+    print(
+        f"ceag {ceag.__version__} on {device} ({torch.get_num_threads()} CPU threads), "
+        "forward+backward, median of repeated runs\n"
+    )
     rows = _masked_linear_rows(device) + _group_ce_rows(device)
     width = max(len(r[0]) for r in rows)
     print(f"{'case':<{width}}  {'eager ms':>9}  {'ceag ms':>8}  {'speedup':>7}  {'max err':>8}")

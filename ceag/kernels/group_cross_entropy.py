@@ -33,7 +33,6 @@ of (row block, class chunk) tiles.
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
@@ -79,14 +78,35 @@ def _num_partial_programs(device: torch.device, num_blocks: int) -> int:
 
 @triton.jit
 def _forward_kernel(
-    logits_ptr, target_ptr, group_ptr, weight_ptr,
-    loss_ptr, correct_ptr, count_ptr, sample_correct_ptr, lse_ptr, grad_ptr,
-    N, C, G, num_blocks,
-    stride_ln, stride_lc, stride_gn, stride_gc, stride_w,
-    label_smoothing, ignore_index,
-    ATOMIC: tl.constexpr, WEIGHTED: tl.constexpr, HAS_LS: tl.constexpr, IS_FP64: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
-):  # fmt: skip
+    logits_ptr,
+    target_ptr,
+    group_ptr,
+    weight_ptr,
+    loss_ptr,
+    correct_ptr,
+    count_ptr,
+    sample_correct_ptr,
+    lse_ptr,
+    grad_ptr,
+    N,
+    C,
+    G,
+    num_blocks,
+    stride_ln,
+    stride_lc,
+    stride_gn,
+    stride_gc,
+    stride_w,
+    label_smoothing,
+    ignore_index,
+    ATOMIC: tl.constexpr,
+    WEIGHTED: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
@@ -117,7 +137,8 @@ def _forward_kernel(
             c_ok = cols < C
             x = tl.load(
                 row_ptr[:, None] + cols[None, :].to(tl.int64) * stride_lc,
-                mask=r_ok[:, None] & c_ok[None, :], other=float("-inf"),
+                mask=r_ok[:, None] & c_ok[None, :],
+                other=float("-inf"),
             ).to(ACC)
             x = tl.where(r_ok[:, None], x, 0.0)  # rows past N: finite, never stored
             chunk_max = tl.max(x, axis=1)
@@ -150,15 +171,14 @@ def _forward_kernel(
                 cols = c0 + cols_local
                 c_ok = cols < C
                 tile_ok = r_ok[:, None] & c_ok[None, :]
-                x = tl.load(
-                    row_ptr[:, None] + cols[None, :].to(tl.int64) * stride_lc, mask=tile_ok, other=0.0
-                ).to(ACC)
+                x = tl.load(row_ptr[:, None] + cols[None, :].to(tl.int64) * stride_lc, mask=tile_ok, other=0.0).to(ACC)
                 grad = tl.exp(x - lse[:, None]) * w[:, None] - w_smooth[:, None]
                 grad -= tl.where(cols[None, :] == safe_t[:, None], w_true[:, None], 0.0)
                 grad = tl.where(keep[:, None], grad, 0.0)
                 tl.store(
                     grow_ptr[:, None] + cols[None, :].to(tl.int64) * stride_gc,
-                    grad.to(grad_ptr.dtype.element_ty), mask=tile_ok,
+                    grad.to(grad_ptr.dtype.element_ty),
+                    mask=tile_ok,
                 )
 
         if ATOMIC:
@@ -178,9 +198,17 @@ def _forward_kernel(
 
 @triton.jit
 def _reduce_partials_kernel(
-    part_loss_ptr, part_correct_ptr, part_count_ptr, loss_ptr, correct_ptr, count_ptr,
-    P, G, BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr,
-):  # fmt: skip
+    part_loss_ptr,
+    part_correct_ptr,
+    part_count_ptr,
+    loss_ptr,
+    correct_ptr,
+    count_ptr,
+    P,
+    G,
+    BLOCK_P: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
     """Sum the [P, BLOCK_G] partials over P in a fixed order (deterministic)."""
     g_ids = tl.arange(0, BLOCK_G)
     loss = tl.zeros((BLOCK_G,), dtype=part_loss_ptr.dtype.element_ty)
@@ -201,11 +229,25 @@ def _reduce_partials_kernel(
 
 @triton.jit
 def _backward_kernel(
-    grad_sum_ptr, logits_ptr, target_ptr, group_ptr, lse_ptr, grad_ptr,
-    N, C, stride_s, stride_ln, stride_lc, stride_gn, stride_gc,
-    label_smoothing, ignore_index,
-    IS_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    grad_sum_ptr,
+    logits_ptr,
+    target_ptr,
+    group_ptr,
+    lse_ptr,
+    grad_ptr,
+    N,
+    C,
+    stride_s,
+    stride_ln,
+    stride_lc,
+    stride_gn,
+    stride_gc,
+    label_smoothing,
+    ignore_index,
+    IS_FP64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """grad_logits = (softmax - smoothed one-hot) * grad_loss_sum[group], one tile per program."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -220,15 +262,14 @@ def _backward_kernel(
     w = tl.load(grad_sum_ptr + group * stride_s, mask=keep, other=0.0).to(ACC)
     lse = tl.load(lse_ptr + rows, mask=r_ok, other=0.0).to(ACC)
     tile_ok = r_ok[:, None] & c_ok[None, :]
-    x = tl.load(
-        logits_ptr + rows64[:, None] * stride_ln + cols64[None, :] * stride_lc, mask=tile_ok, other=0.0
-    ).to(ACC)
+    x = tl.load(logits_ptr + rows64[:, None] * stride_ln + cols64[None, :] * stride_lc, mask=tile_ok, other=0.0).to(ACC)
     grad = tl.exp(x - lse[:, None]) * w[:, None] - (label_smoothing * w / C)[:, None]
     grad -= tl.where(cols[None, :] == target[:, None], ((1.0 - label_smoothing) * w)[:, None], 0.0)
     grad = tl.where(keep[:, None], grad, 0.0)
     tl.store(
         grad_ptr + rows64[:, None] * stride_gn + cols64[None, :] * stride_gc,
-        grad.to(grad_ptr.dtype.element_ty), mask=tile_ok,
+        grad.to(grad_ptr.dtype.element_ty),
+        mask=tile_ok,
     )
 
 
@@ -241,9 +282,17 @@ def _acc_dtype(logits: torch.Tensor) -> torch.dtype:
 
 
 def forward(
-    logits, target, group, num_groups, label_smoothing, ignore_index, group_weight=None,
-    *, block_c=None, atomic=None,
-):  # fmt: skip
+    logits,
+    target,
+    group,
+    num_groups,
+    label_smoothing,
+    ignore_index,
+    group_weight=None,
+    *,
+    block_c=None,
+    atomic=None,
+):
     """(loss_sum, correct, count, sample_correct, lse[, grad_logits]).
 
     ``block_c`` (class chunk) and ``atomic`` (force the atomics or the partials path) are
@@ -281,28 +330,51 @@ def forward(
         )
     weight = group_weight if weighted else lse
     wrap_triton(_forward_kernel)[(programs,)](
-        logits, target, group, weight,
-        *dest, sample_correct, lse, grad,  # a dtype view would be copied, not written, under inductor
-        n, c, g, num_blocks,
-        logits.stride(0), logits.stride(1), grad.stride(0) if weighted else 0,
-        grad.stride(1) if weighted else 0, weight.stride(0),
-        float(label_smoothing), int(ignore_index),
-        ATOMIC=atomic, WEIGHTED=weighted, HAS_LS=label_smoothing > 0.0,
-        IS_FP64=acc == torch.float64, BLOCK_R=block_r, BLOCK_C=block_c, BLOCK_G=block_g,
+        logits,
+        target,
+        group,
+        weight,
+        *dest,
+        sample_correct,
+        lse,
+        grad,  # a dtype view would be copied, not written, under inductor
+        n,
+        c,
+        g,
+        num_blocks,
+        logits.stride(0),
+        logits.stride(1),
+        grad.stride(0) if weighted else 0,
+        grad.stride(1) if weighted else 0,
+        weight.stride(0),
+        float(label_smoothing),
+        int(ignore_index),
+        ATOMIC=atomic,
+        WEIGHTED=weighted,
+        HAS_LS=label_smoothing > 0.0,
+        IS_FP64=acc == torch.float64,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        BLOCK_G=block_g,
         num_warps=warps,
-    )  # fmt: skip
+    )
     if not atomic:
         block_p = max(1, min(triton.next_power_of_2(programs), max(1, 4096 // block_g)))
         wrap_triton(_reduce_partials_kernel)[(1,)](
-            *dest, loss_sum, correct, count, programs, g, BLOCK_P=block_p, BLOCK_G=block_g,
+            *dest,
+            loss_sum,
+            correct,
+            count,
+            programs,
+            g,
+            BLOCK_P=block_p,
+            BLOCK_G=block_g,
             num_warps=4,
-        )  # fmt: skip
+        )
     return (*outs, grad) if weighted else outs
 
 
-def backward(
-    grad_loss_sum, logits, target, group, lse, label_smoothing, ignore_index, *, block_c=None
-) -> torch.Tensor:
+def backward(grad_loss_sum, logits, target, group, lse, label_smoothing, ignore_index, *, block_c=None) -> torch.Tensor:
     n, c = logits.shape
     grad = torch.empty((n, c), dtype=logits.dtype, device=logits.device)
     if n == 0 or traced(grad_loss_sum, logits, target, group, lse):
@@ -310,12 +382,26 @@ def backward(
     block_r, block_c, warps = _blocks(n, c, block_c)
     grid = (triton.cdiv(n, block_r), triton.cdiv(c, block_c))
     wrap_triton(_backward_kernel)[grid](
-        grad_loss_sum, logits, target, group, lse, grad,
-        n, c, grad_loss_sum.stride(0), logits.stride(0), logits.stride(1),
-        grad.stride(0), grad.stride(1), float(label_smoothing), int(ignore_index),
-        IS_FP64=_acc_dtype(logits) == torch.float64, BLOCK_R=block_r, BLOCK_C=block_c,
+        grad_loss_sum,
+        logits,
+        target,
+        group,
+        lse,
+        grad,
+        n,
+        c,
+        grad_loss_sum.stride(0),
+        logits.stride(0),
+        logits.stride(1),
+        grad.stride(0),
+        grad.stride(1),
+        float(label_smoothing),
+        int(ignore_index),
+        IS_FP64=_acc_dtype(logits) == torch.float64,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
         num_warps=warps,
-    )  # fmt: skip
+    )
     return grad
 
 
@@ -357,9 +443,7 @@ def weighted_group_cross_entropy_triton(
     label_smoothing: float,
     ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return forward(
-        logits, target, group, group_weight.shape[0], label_smoothing, ignore_index, group_weight
-    )
+    return forward(logits, target, group, group_weight.shape[0], label_smoothing, ignore_index, group_weight)
 
 
 def _register_autograd() -> None:

@@ -123,11 +123,7 @@ _cache: dict[tuple, tuple] = {}
 
 def _cacheable(t: torch.Tensor) -> bool:
     """Plain tensors outside of any tracing or dispatch mode (FakeTensor, functionalization)."""
-    return (
-        type(t) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-    )
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
 
 
 def _mask_tiles(mask: torch.Tensor, block_n: int, block_k: int, kind: str, skip: bool):
@@ -142,9 +138,7 @@ def _mask_tiles(mask: torch.Tensor, block_n: int, block_k: int, kind: str, skip:
             occ = occupancy(mask, block_n, block_k)
         else:
             n, k = mask.shape
-            occ = torch.ones(
-                triton.cdiv(n, block_n), triton.cdiv(k, block_k), dtype=torch.bool, device=mask.device
-            )
+            occ = torch.ones(triton.cdiv(n, block_n), triton.cdiv(k, block_k), dtype=torch.bool, device=mask.device)
         if kind == "grad_weight":
             return (occ.to(torch.uint8).contiguous(),)
         return tile_lists(occ, dim=1 if kind == "fwd" else 0)
@@ -219,12 +213,34 @@ def _mma(a, b, acc, IS_FP64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.c
 
 @triton.jit
 def _forward_kernel_jit(
-    x_ptr, w_ptr, m_ptr, bias_ptr, y_ptr, count_ptr, index_ptr,
-    B, N, K, num_kb,
-    stride_xb, stride_xk, stride_wn, stride_wk, stride_mn, stride_mk, stride_yb, stride_yn,
-    HAS_BIAS: tl.constexpr, IS_FP64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    w_ptr,
+    m_ptr,
+    bias_ptr,
+    y_ptr,
+    count_ptr,
+    index_ptr,
+    B,
+    N,
+    K,
+    num_kb,
+    stride_xb,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_mn,
+    stride_mk,
+    stride_yb,
+    stride_yn,
+    HAS_BIAS: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    GROUP: tl.constexpr,
+):
     pid_b, pid_n = _swizzle(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.cdiv(N, BLOCK_N), GROUP)
     offs_b = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -239,7 +255,8 @@ def _forward_kernel_jit(
         k_ok = offs_k < K
         a = tl.load(
             x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :] * stride_xk,
-            mask=b_ok[:, None] & k_ok[None, :], other=0.0,
+            mask=b_ok[:, None] & k_ok[None, :],
+            other=0.0,
         )
         wk_ok = k_ok[:, None] & n_ok[None, :]
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=wk_ok, other=0.0)
@@ -250,18 +267,39 @@ def _forward_kernel_jit(
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(acc.dtype)[None, :]
     tl.store(
         y_ptr + offs_b[:, None] * stride_yb + offs_n[None, :] * stride_yn,
-        acc.to(y_ptr.dtype.element_ty), mask=b_ok[:, None] & n_ok[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=b_ok[:, None] & n_ok[None, :],
     )
 
 
 @triton.jit
 def _grad_input_kernel_jit(
-    gy_ptr, w_ptr, m_ptr, gx_ptr, count_ptr, index_ptr,
-    B, N, K, num_nb,
-    stride_gb, stride_gn, stride_wn, stride_wk, stride_mn, stride_mk, stride_xb, stride_xk,
-    IS_FP64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr,
-):  # fmt: skip
+    gy_ptr,
+    w_ptr,
+    m_ptr,
+    gx_ptr,
+    count_ptr,
+    index_ptr,
+    B,
+    N,
+    K,
+    num_nb,
+    stride_gb,
+    stride_gn,
+    stride_wn,
+    stride_wk,
+    stride_mn,
+    stride_mk,
+    stride_xb,
+    stride_xk,
+    IS_FP64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    GROUP: tl.constexpr,
+):
     pid_b, pid_k = _swizzle(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.cdiv(K, BLOCK_K), GROUP)
     offs_b = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -276,7 +314,8 @@ def _grad_input_kernel_jit(
         n_ok = offs_n < N
         a = tl.load(
             gy_ptr + offs_b[:, None] * stride_gb + offs_n[None, :] * stride_gn,
-            mask=b_ok[:, None] & n_ok[None, :], other=0.0,
+            mask=b_ok[:, None] & n_ok[None, :],
+            other=0.0,
         )
         nk_ok = n_ok[:, None] & k_ok[None, :]
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=nk_ok, other=0.0)
@@ -285,18 +324,38 @@ def _grad_input_kernel_jit(
         acc = _mma(a, w, acc, IS_FP64, PRECISION, UPCAST)
     tl.store(
         gx_ptr + offs_b[:, None] * stride_xb + offs_k[None, :] * stride_xk,
-        acc.to(gx_ptr.dtype.element_ty), mask=b_ok[:, None] & k_ok[None, :],
+        acc.to(gx_ptr.dtype.element_ty),
+        mask=b_ok[:, None] & k_ok[None, :],
     )
 
 
 @triton.jit
 def _grad_weight_kernel_jit(
-    gy_ptr, x_ptr, m_ptr, gw_ptr, occ_ptr,
-    B, N, K, num_kb,
-    stride_gb, stride_gn, stride_xb, stride_xk, stride_mn, stride_mk, stride_wn, stride_wk,
-    IS_FP64: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr,
-):  # fmt: skip
+    gy_ptr,
+    x_ptr,
+    m_ptr,
+    gw_ptr,
+    occ_ptr,
+    B,
+    N,
+    K,
+    num_kb,
+    stride_gb,
+    stride_gn,
+    stride_xb,
+    stride_xk,
+    stride_mn,
+    stride_mk,
+    stride_wn,
+    stride_wk,
+    IS_FP64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    GROUP: tl.constexpr,
+):
     pid_n, pid_k = _swizzle(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K), GROUP)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -312,11 +371,13 @@ def _grad_weight_kernel_jit(
         b_ok = offs_b < B
         a = tl.load(  # grad_y.T tile [BLOCK_N, BLOCK_B]
             gy_ptr + offs_b[None, :] * stride_gb + offs_n[:, None] * stride_gn,
-            mask=n_ok[:, None] & b_ok[None, :], other=0.0,
+            mask=n_ok[:, None] & b_ok[None, :],
+            other=0.0,
         )
         xt = tl.load(
             x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :] * stride_xk,
-            mask=b_ok[:, None] & k_ok[None, :], other=0.0,
+            mask=b_ok[:, None] & k_ok[None, :],
+            other=0.0,
         )
         acc = _mma(a, xt, acc, IS_FP64, PRECISION, UPCAST)
     nk_ok = n_ok[:, None] & k_ok[None, :]
@@ -324,7 +385,8 @@ def _grad_weight_kernel_jit(
     acc = tl.where(m != 0, acc, tl.zeros_like(acc))
     tl.store(
         gw_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-        acc.to(gw_ptr.dtype.element_ty), mask=nk_ok,
+        acc.to(gw_ptr.dtype.element_ty),
+        mask=nk_ok,
     )
 
 
@@ -354,13 +416,32 @@ def forward(x, weight, mask, bias=None, *, tile=None, skip=True) -> torch.Tensor
     grid = lambda meta: (triton.cdiv(b, meta["BLOCK_B"]) * triton.cdiv(n, block_n),)  # noqa: E731
     kernel = _forward_kernel_fp64 if x.dtype == torch.float64 else _forward_kernel
     wrap_triton(kernel)[grid](
-        x, weight, m, bias if bias is not None else y, y, count, index,
-        b, n, k, index.shape[1],
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        m.stride(0), m.stride(1), y.stride(0), y.stride(1),
-        HAS_BIAS=bias is not None, IS_FP64=x.dtype == torch.float64,
-        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+        x,
+        weight,
+        m,
+        bias if bias is not None else y,
+        y,
+        count,
+        index,
+        b,
+        n,
+        k,
+        index.shape[1],
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        m.stride(0),
+        m.stride(1),
+        y.stride(0),
+        y.stride(1),
+        HAS_BIAS=bias is not None,
+        IS_FP64=x.dtype == torch.float64,
+        PRECISION=_precision(x.dtype),
+        UPCAST=_upcast(x.dtype),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+    )
     return y
 
 
@@ -377,14 +458,30 @@ def grad_input(grad_y, weight, mask, *, tile=None, skip=True) -> torch.Tensor:
     grid = lambda meta: (triton.cdiv(b, meta["BLOCK_B"]) * triton.cdiv(k, block_k),)  # noqa: E731
     kernel = _grad_input_kernel_fp64 if grad_y.dtype == torch.float64 else _grad_input_kernel
     wrap_triton(kernel)[grid](
-        grad_y, weight, m, gx, count, index,
-        b, n, k, index.shape[1],
-        grad_y.stride(0), grad_y.stride(1), weight.stride(0), weight.stride(1),
-        m.stride(0), m.stride(1), gx.stride(0), gx.stride(1),
-        IS_FP64=grad_y.dtype == torch.float64, PRECISION=_precision(grad_y.dtype),
+        grad_y,
+        weight,
+        m,
+        gx,
+        count,
+        index,
+        b,
+        n,
+        k,
+        index.shape[1],
+        grad_y.stride(0),
+        grad_y.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        m.stride(0),
+        m.stride(1),
+        gx.stride(0),
+        gx.stride(1),
+        IS_FP64=grad_y.dtype == torch.float64,
+        PRECISION=_precision(grad_y.dtype),
         UPCAST=_upcast(grad_y.dtype),
-        BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+    )
     return gx
 
 
@@ -401,13 +498,29 @@ def grad_weight(grad_y, x, mask, *, tile=None, skip=True) -> torch.Tensor:
     grid = (triton.cdiv(n, block_n) * triton.cdiv(k, block_k),)
     kernel = _grad_weight_kernel_fp64 if x.dtype == torch.float64 else _grad_weight_kernel
     wrap_triton(kernel)[grid](
-        grad_y, x, m, gw, occ,
-        b, n, k, occ.shape[1],
-        grad_y.stride(0), grad_y.stride(1), x.stride(0), x.stride(1),
-        m.stride(0), m.stride(1), gw.stride(0), gw.stride(1),
-        IS_FP64=x.dtype == torch.float64, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+        grad_y,
+        x,
+        m,
+        gw,
+        occ,
+        b,
+        n,
+        k,
+        occ.shape[1],
+        grad_y.stride(0),
+        grad_y.stride(1),
+        x.stride(0),
+        x.stride(1),
+        m.stride(0),
+        m.stride(1),
+        gw.stride(0),
+        gw.stride(1),
+        IS_FP64=x.dtype == torch.float64,
+        PRECISION=_precision(x.dtype),
+        UPCAST=_upcast(x.dtype),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+    )
     return gw
 
 
@@ -454,9 +567,7 @@ def masked_linear_grad_weight_triton(
 def _register_autograd() -> None:
     from ceag.ops.masked_linear import register_masked_linear_autograd
 
-    opaque_under_interpreter(
-        masked_linear_triton, masked_linear_grad_input_triton, masked_linear_grad_weight_triton
-    )
+    opaque_under_interpreter(masked_linear_triton, masked_linear_grad_input_triton, masked_linear_grad_weight_triton)
     register_masked_linear_autograd(
         torch.ops.ceag.masked_linear_triton.default,
         torch.ops.ceag.masked_linear_grad_input_triton.default,

@@ -22,7 +22,6 @@ in Python:
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
@@ -39,10 +38,18 @@ KERNEL_MAX_N = 16384
 
 @triton.jit
 def _write_kernel(
-    buffer_ptr, head_ptr, group_ptr, values_ptr, last_total_ptr,
-    N, k, stride_bg, stride_bk,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
+    buffer_ptr,
+    head_ptr,
+    group_ptr,
+    values_ptr,
+    last_total_ptr,
+    N,
+    k,
+    stride_bg,
+    stride_bk,
+    BLOCK_I: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
     i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     i_ok = i < N
     g_i = tl.load(group_ptr + i, mask=i_ok, other=-1)
@@ -87,13 +94,21 @@ def _update_with_kernel(buffer, head, fill, group, values) -> None:
     block_i = min(64, triton.next_power_of_2(n))
     block_j = min(128, triton.next_power_of_2(n))
     wrap_triton(_write_kernel)[(triton.cdiv(n, block_i),)](
-        buf, head, group, vals, last_total, n, k, buf.stride(0), buf.stride(1),
-        BLOCK_I=block_i, BLOCK_J=block_j, num_warps=4,
-    )  # fmt: skip
-    block = min(1024, triton.next_power_of_2(n))
-    wrap_triton(_state_kernel)[(triton.cdiv(n, block),)](
-        head, fill, group, last_total, n, k, BLOCK=block, num_warps=4
+        buf,
+        head,
+        group,
+        vals,
+        last_total,
+        n,
+        k,
+        buf.stride(0),
+        buf.stride(1),
+        BLOCK_I=block_i,
+        BLOCK_J=block_j,
+        num_warps=4,
     )
+    block = min(1024, triton.next_power_of_2(n))
+    wrap_triton(_state_kernel)[(triton.cdiv(n, block),)](head, fill, group, last_total, n, k, BLOCK=block, num_warps=4)
 
 
 def _update_with_sort(buffer, head, fill, group, values) -> None:

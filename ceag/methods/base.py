@@ -162,7 +162,7 @@ class Method(abc.ABC):
             raise ValueError(f"state dict has num_groups={state.get('num_groups')}, expected {self.num_groups}")
         self.num_steps = int(state["num_steps"])
 
-    def to(self, device: torch.device | str) -> "Method":
+    def to(self, device: torch.device | str) -> Method:
         self.device = torch.device(device)
         return self
 
@@ -180,9 +180,7 @@ class Method(abc.ABC):
             if t.shape[0] != n:
                 raise ValueError(f"{name} must have length N={n} (logits.shape[0]), got {t.shape[0]}")
         if logits.device != self.device:
-            raise ValueError(
-                f"logits are on {logits.device} but the method's state is on {self.device}: call method.to(device)"
-            )
+            raise ValueError(f"logits are on {logits.device} but the method's state is on {self.device}: call method.to(device)")
 
     def _forward(self, logits: Tensor, target: Tensor, group: Tensor, group_weight: Tensor | None = None):
         return group_cross_entropy(

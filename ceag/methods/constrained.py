@@ -12,7 +12,8 @@ import abc
 import copy
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cooper
 import torch
@@ -79,9 +80,7 @@ class ConstrainedMethod(Method):
         backend: str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(
-            num_groups, label_smoothing=label_smoothing, ignore_index=ignore_index, backend=backend, device=device
-        )
+        super().__init__(num_groups, label_smoothing=label_smoothing, ignore_index=ignore_index, backend=backend, device=device)
         self.tolerance = _check_nonneg("tolerance", tolerance)
         dual_lr = _to_float("dual_lr", dual_lr)
         if not (dual_lr > 0 and math.isfinite(dual_lr)):
@@ -97,7 +96,11 @@ class ConstrainedMethod(Method):
         self.max_multiplier_sum = max_multiplier_sum
         if constrained is not None:
             if not isinstance(constrained, Tensor) or constrained.dtype != torch.bool or constrained.shape != (num_groups,):
-                got = f"{tuple(constrained.shape)} {constrained.dtype}" if isinstance(constrained, Tensor) else type(constrained).__name__
+                got = (
+                    f"{tuple(constrained.shape)} {constrained.dtype}"
+                    if isinstance(constrained, Tensor)
+                    else type(constrained).__name__
+                )
                 raise ValueError(f"constrained must be a bool tensor of shape ({num_groups},), got {got}")
             constrained = constrained.to(self.device)
         self.constrained = constrained
@@ -352,7 +355,7 @@ class ConstrainedMethod(Method):
             self.head.copy_(state["head"])
             self.fill.copy_(state["fill"])
 
-    def to(self, device: torch.device | str) -> "ConstrainedMethod":
+    def to(self, device: torch.device | str) -> ConstrainedMethod:
         device = torch.device(device)
         if device == self.device:
             return self

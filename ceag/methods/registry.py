@@ -6,8 +6,9 @@ their own lists, so adding a method is adding one :class:`MethodSpec` here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -70,20 +71,66 @@ def _build_el_rb(num_groups: int, dense: GroupStats | None, *, group_shares: Ten
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("nft", "NFT", "NFT", "#E69F00", "s", constrained=False, uses_buffers=False, needs_dense=False,
-                   build=lambda num_groups, dense, **kwargs: NFT(num_groups, **kwargs)),
-        MethodSpec("el", "EL", "EL", "#56B4E9", "^", constrained=True, uses_buffers=False, needs_dense=False,
-                   build=lambda num_groups, dense, **kwargs: EL(num_groups, **kwargs)),
-        MethodSpec("el_rb", "EL+RB", "EL+RB", "#009E73", "D", constrained=True, uses_buffers=True, needs_dense=False,
-                   build=_build_el_rb),
-        MethodSpec("ceag", "CEAG", "CEAG", "#0072B2", "o", constrained=True, uses_buffers=True, needs_dense=True,
-                   build=lambda num_groups, dense, **kwargs: CEAG(num_groups, dense, **kwargs)),
-        MethodSpec("ceag_paper", "CEAG-paper", "CEAG-paper", "#D55E00", "X", constrained=True, uses_buffers=True,
-                   needs_dense=True, build=_build_ceag_paper),
-        MethodSpec("ceag_batch", "CEAG (no buffers)", "CEAG-batch", "#CC79A7", "v", constrained=True,
-                   uses_buffers=False, needs_dense=True, build=_build_ceag_batch),
+        MethodSpec(
+            "nft",
+            "NFT",
+            "NFT",
+            "#E69F00",
+            "s",
+            constrained=False,
+            uses_buffers=False,
+            needs_dense=False,
+            build=lambda num_groups, dense, **kwargs: NFT(num_groups, **kwargs),
+        ),
+        MethodSpec(
+            "el",
+            "EL",
+            "EL",
+            "#56B4E9",
+            "^",
+            constrained=True,
+            uses_buffers=False,
+            needs_dense=False,
+            build=lambda num_groups, dense, **kwargs: EL(num_groups, **kwargs),
+        ),
+        MethodSpec(
+            "el_rb", "EL+RB", "EL+RB", "#009E73", "D", constrained=True, uses_buffers=True, needs_dense=False, build=_build_el_rb
+        ),
+        MethodSpec(
+            "ceag",
+            "CEAG",
+            "CEAG",
+            "#0072B2",
+            "o",
+            constrained=True,
+            uses_buffers=True,
+            needs_dense=True,
+            build=lambda num_groups, dense, **kwargs: CEAG(num_groups, dense, **kwargs),
+        ),
+        MethodSpec(
+            "ceag_paper",
+            "CEAG-paper",
+            "CEAG-paper",
+            "#D55E00",
+            "X",
+            constrained=True,
+            uses_buffers=True,
+            needs_dense=True,
+            build=_build_ceag_paper,
+        ),
+        MethodSpec(
+            "ceag_batch",
+            "CEAG (no buffers)",
+            "CEAG-batch",
+            "#CC79A7",
+            "v",
+            constrained=True,
+            uses_buffers=False,
+            needs_dense=True,
+            build=_build_ceag_batch,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def build_method(name: str, num_groups: int, *, dense: GroupStats | None = None, **kwargs: Any) -> Method:

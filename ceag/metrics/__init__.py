@@ -13,6 +13,7 @@
 Groups without samples (or with fewer than ``min_count``) in either statistics are excluded
 from every max/min/fraction: their ψ is NaN, never 0.
 """
+
 from ceag.metrics.disparity import (
     DEFAULT_MIN_COUNT,
     STATUS_ABSENT,

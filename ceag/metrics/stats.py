@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,14 +69,14 @@ class GroupStats:
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def zeros(cls, num_groups: int, device: torch.device | str | None = None) -> "GroupStats":
+    def zeros(cls, num_groups: int, device: torch.device | str | None = None) -> GroupStats:
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
             raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
         z = torch.zeros(num_groups, dtype=torch.int64, device=device)
         return cls(z, z.clone(), torch.zeros(num_groups, dtype=torch.float64, device=device))
 
     @classmethod
-    def from_output(cls, out: GroupCrossEntropy) -> "GroupStats":
+    def from_output(cls, out: GroupCrossEntropy) -> GroupStats:
         """Statistics of one batch from the fused op's output."""
         return cls(out.count.detach(), out.correct.detach(), out.loss_sum.detach())
 
@@ -89,9 +90,7 @@ class GroupStats:
     def device(self) -> torch.device:
         return self.count.device
 
-    def add_(
-        self, out: GroupCrossEntropy | "GroupStats" | None = None, *, count=None, correct=None, loss_sum=None
-    ) -> "GroupStats":
+    def add_(self, out: GroupCrossEntropy | GroupStats | None = None, *, count=None, correct=None, loss_sum=None) -> GroupStats:
         """Add a batch's statistics in place (a fused-op output, a GroupStats, or tensors).
 
         Shapes are checked, values are not (that would synchronise with the device per batch).
@@ -111,7 +110,7 @@ class GroupStats:
         self.loss_sum += loss_sum.detach().to(self.count.device, torch.float64)
         return self
 
-    def merge(self, other: "GroupStats") -> "GroupStats":
+    def merge(self, other: GroupStats) -> GroupStats:
         """A new GroupStats holding the sum of both (e.g. two shards of a split)."""
         if not isinstance(other, GroupStats):
             raise TypeError(f"other must be a GroupStats, got {type(other).__name__}")
@@ -121,13 +120,13 @@ class GroupStats:
 
     __add__ = merge
 
-    def clone(self) -> "GroupStats":
+    def clone(self) -> GroupStats:
         return GroupStats(self.count.clone(), self.correct.clone(), self.loss_sum.clone())
 
-    def to(self, device: torch.device | str) -> "GroupStats":
+    def to(self, device: torch.device | str) -> GroupStats:
         return GroupStats(self.count.to(device), self.correct.to(device), self.loss_sum.to(device))
 
-    def cpu(self) -> "GroupStats":
+    def cpu(self) -> GroupStats:
         return self.to("cpu")
 
     # -- derived quantities ------------------------------------------------------------
@@ -172,7 +171,7 @@ class GroupStats:
         return {"count": self.count.clone(), "correct": self.correct.clone(), "loss_sum": self.loss_sum.clone()}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Tensor]) -> "GroupStats":
+    def from_state_dict(cls, state: dict[str, Tensor]) -> GroupStats:
         missing = {"count", "correct", "loss_sum"} - set(state)
         if missing:
             raise KeyError(f"GroupStats state dict misses {sorted(missing)}")
@@ -265,9 +264,7 @@ def evaluate(
     return stats.cpu()
 
 
-def dense_reference(
-    model: torch.nn.Module, train_loader: Iterable, num_groups: int, **kwargs: Any
-) -> GroupStats:
+def dense_reference(model: torch.nn.Module, train_loader: Iterable, num_groups: int, **kwargs: Any) -> GroupStats:
     """The dense model's train-set statistics, computed once before pruning (eval mode).
 
     These are CEAG's constants: A_g(θ_d), A(θ_d), L_g(θ_d), L(θ_d) and the group shares

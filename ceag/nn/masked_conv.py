@@ -34,7 +34,7 @@ class MaskedConv2d(nn.Conv2d):
             self.set_mask(mask)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> "MaskedConv2d":
+    def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> MaskedConv2d:
         """A MaskedConv2d sharing ``conv``'s weight and bias Parameters (no copy)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")

@@ -37,16 +37,14 @@ class MaskedLinear(nn.Linear):
         mask: torch.Tensor | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.register_buffer(
-            "mask", torch.ones(out_features, in_features, dtype=torch.bool, device=self.weight.device)
-        )
+        self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool, device=self.weight.device))
         self._layout: MaskLayout | None = None
         self._layout_key: tuple | None = None
         if mask is not None:
             self.set_mask(mask)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None) -> "MaskedLinear":
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None) -> MaskedLinear:
         """A MaskedLinear sharing ``linear``'s weight and bias Parameters (no copy)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
@@ -94,9 +92,7 @@ class MaskedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             layout = self._layout
-            if layout is not None and (
-                layout.device != self.mask.device or layout.shape != tuple(self.mask.shape)
-            ):
+            if layout is not None and (layout.device != self.mask.device or layout.shape != tuple(self.mask.shape)):
                 layout = None
         else:
             layout = self.refresh_layout()

@@ -47,9 +47,7 @@ def check_index_ranges(*specs: tuple[str, torch.Tensor, int, bool]) -> None:
     specs = tuple(spec for spec in specs if spec[1].numel() > 0)
     if not specs:
         return
-    bounds = torch.stack(
-        [b for _, idx, _, _ in specs for b in (idx.min().to(torch.int64), idx.max().to(torch.int64))]
-    ).tolist()
+    bounds = torch.stack([b for _, idx, _, _ in specs for b in (idx.min().to(torch.int64), idx.max().to(torch.int64))]).tolist()
     for i, (name, _, upper, inclusive) in enumerate(specs):
         lo, hi = bounds[2 * i], bounds[2 * i + 1]
         if lo < 0 or hi > upper or (hi == upper and not inclusive):

@@ -96,9 +96,7 @@ def _register_autograd(forward_op, backward_op, weighted_op) -> None:
         if grad_loss_sum is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         logits, target, group, lse = ctx.saved_tensors
-        grad = backward_op(
-            grad_loss_sum.contiguous(), logits, target, group, lse, ctx.label_smoothing, ctx.ignore_index
-        )
+        grad = backward_op(grad_loss_sum.contiguous(), logits, target, group, lse, ctx.label_smoothing, ctx.ignore_index)
         return grad, None, None, None, None, None
 
     def setup_weighted(ctx, inputs, output):
@@ -134,9 +132,7 @@ GROUP_CROSS_ENTROPY = register_family(
 )
 
 
-def register_group_cross_entropy_autograd(
-    forward_op: Any, backward_op: Any, weighted_op: Any, *, fake: bool = True
-) -> None:
+def register_group_cross_entropy_autograd(forward_op: Any, backward_op: Any, weighted_op: Any, *, fake: bool = True) -> None:
     """Register autograd (and, unless ``fake=False``, fake kernels) for one backend's ops.
 
     The three ops must have the schemas of ``ceag::group_cross_entropy``,
@@ -153,9 +149,7 @@ def register_group_cross_entropy_autograd(
 # loss_sum enters only for the value (and the gradient w.r.t. group_weight); logits only to
 # connect the autograd graph.
 @torch.library.custom_op("ceag::_weighted_loss_from_grad", mutates_args=())
-def _weighted_loss_from_grad(
-    loss_sum: Tensor, group_weight: Tensor, logits: Tensor, grad_logits: Tensor
-) -> Tensor:
+def _weighted_loss_from_grad(loss_sum: Tensor, group_weight: Tensor, logits: Tensor, grad_logits: Tensor) -> Tensor:
     return (loss_sum * group_weight.to(loss_sum.dtype)).sum()
 
 
@@ -172,11 +166,7 @@ def _setup_weighted_loss(ctx, inputs, output):
 
 def _plain_eager(t: Tensor) -> bool:
     """True outside every tracer (compile, make_fx, fake/functional modes): values are real."""
-    return (
-        type(t) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-    )
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
 
 
 def _backward_weighted_loss(ctx, grad):
@@ -226,9 +216,7 @@ def _validate(logits, target, group, num_groups, label_smoothing, ignore_index, 
     if group_weight is not None:
         check_tensor("group_weight", group_weight, dim=1, dtypes=FLOAT_DTYPES, device=device, device_of="logits")
         if group_weight.shape[0] != num_groups:
-            raise ValueError(
-                f"group_weight must have length num_groups={num_groups}, got {group_weight.shape[0]}"
-            )
+            raise ValueError(f"group_weight must have length num_groups={num_groups}, got {group_weight.shape[0]}")
 
 
 def group_cross_entropy(
@@ -283,9 +271,7 @@ def group_cross_entropy(
         weighted = torch.ops.ceag._weighted_loss_from_grad(loss_sum, group_weight, logits, grad_logits)
         return GroupCrossEntropy(loss_sum, correct, count, sample_correct, weighted)
 
-    loss_sum, correct, count, sample_correct, _lse = forward_op(
-        logits, target, group, num_groups, label_smoothing, ignore_index
-    )
+    loss_sum, correct, count, sample_correct, _lse = forward_op(logits, target, group, num_groups, label_smoothing, ignore_index)
     weighted = None
     if group_weight is not None:
         weighted = (loss_sum * group_weight.to(loss_sum.dtype)).sum()

@@ -69,7 +69,7 @@ class MaskLayout:
     density: float
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "MaskLayout":
+    def from_mask(cls, mask: torch.Tensor) -> MaskLayout:
         """Compress a bool mask [N, K] (vectorized torch ops, no Python loop)."""
         check_tensor("mask", mask, dim=2, dtypes=(torch.bool,))
         n, k = mask.shape
@@ -102,7 +102,7 @@ class MaskLayout:
     def device(self) -> torch.device:
         return self.csr_ptr.device
 
-    def to(self, device: torch.device | str) -> "MaskLayout":
+    def to(self, device: torch.device | str) -> MaskLayout:
         moved = [t.to(device) for t in self.tensors()]
         return MaskLayout(*moved, shape=self.shape, nnz=self.nnz, density=self.density)
 

@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_linear(
-    x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
+def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ (weight * mask).T + bias, for x of shape [..., K].
 
     Pruned weights are absent, not multiplied by 0: a NaN/Inf weight where the mask is False
@@ -38,9 +36,7 @@ def group_cross_entropy(
     keep = target != ignore_index
     safe_target = torch.where(keep, target, torch.zeros_like(target)).long()  # int32 ids too
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    loss = F.cross_entropy(
-        logits.to(acc), safe_target, reduction="none", label_smoothing=label_smoothing
-    )
+    loss = F.cross_entropy(logits.to(acc), safe_target, reduction="none", label_smoothing=label_smoothing)
     loss = torch.where(keep, loss, torch.zeros_like(loss))
     g = group.long()
     loss_sum = torch.zeros(num_groups, dtype=acc, device=logits.device)

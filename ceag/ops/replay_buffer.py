@@ -88,9 +88,7 @@ def replay_buffer_update(
         # The C++ kernel checks its own. Out-of-range head/fill would make the others write
         # out of bounds (the Triton kernel computes slots from head without a bounds check).
         k = buffer.shape[1]
-        check_index_ranges(
-            ("group", group, buffer.shape[0], False), ("head", head, k, False), ("fill", fill, k, True)
-        )
+        check_index_ranges(("group", group, buffer.shape[0], False), ("head", head, k, False), ("fill", fill, k, True))
     if not (buffer.is_contiguous() and head.is_contiguous() and fill.is_contiguous()):
         # The kernels index head/fill (and the C++ one the buffer) as dense arrays: update
         # contiguous copies, then write them back, so the result equals the contiguous call's.

@@ -64,7 +64,7 @@ def check_sparsity(sparsity, name: str = "sparsity") -> float:
 
 
 def _kind(module: nn.Module) -> str | None:
-    """"linear" / "conv" for layers sparsify handles (exact nn.Linear / nn.Conv2d or masked)."""
+    """ "linear" / "conv" for layers sparsify handles (exact nn.Linear / nn.Conv2d or masked)."""
     if isinstance(module, MaskedLinear) or type(module) is nn.Linear:
         return "linear"
     if isinstance(module, MaskedConv2d) or type(module) is nn.Conv2d:
@@ -309,9 +309,7 @@ class SparsityReport:
 
     @staticmethod
     def _total(name: str, rows: list[LayerSparsity]) -> LayerSparsity:
-        return LayerSparsity(
-            name, "", (), sum(r.kept for r in rows), sum(r.total for r in rows), all(r.masked for r in rows)
-        )
+        return LayerSparsity(name, "", (), sum(r.kept for r in rows), sum(r.total for r in rows), all(r.masked for r in rows))
 
     def __iter__(self):
         return iter(self.rows)
@@ -333,14 +331,17 @@ class SparsityReport:
     def __str__(self) -> str:
         head = ("layer", "type", "shape", "kept", "total", "sparsity")
         lines = [
-            (r.name or "(root)", r.type + ("" if r.masked else " (dense)"), "x".join(map(str, r.shape)),
-             str(r.kept), str(r.total), f"{r.sparsity:.2%}")
+            (
+                r.name or "(root)",
+                r.type + ("" if r.masked else " (dense)"),
+                "x".join(map(str, r.shape)),
+                str(r.kept),
+                str(r.total),
+                f"{r.sparsity:.2%}",
+            )
             for r in self.rows
         ]
-        totals = [
-            (t.name, "", "", str(t.kept), str(t.total), f"{t.sparsity:.2%}")
-            for t in (self.masked_overall, self.overall)
-        ]
+        totals = [(t.name, "", "", str(t.kept), str(t.total), f"{t.sparsity:.2%}") for t in (self.masked_overall, self.overall)]
         widths = [max(len(x[i]) for x in [head, *lines, *totals]) for i in range(len(head))]
 
         def fmt(cells):
@@ -361,8 +362,9 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, _MASKED):
-            rows.append(LayerSparsity(name, type(m).__name__, tuple(m.weight.shape),
-                                      int(m.mask.count_nonzero()), m.mask.numel(), True))
+            rows.append(
+                LayerSparsity(name, type(m).__name__, tuple(m.weight.shape), int(m.mask.count_nonzero()), m.mask.numel(), True)
+            )
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
             n = math.prod(m.weight.shape)
             rows.append(LayerSparsity(name, type(m).__name__, tuple(m.weight.shape), n, n, False))

@@ -58,9 +58,7 @@ class GMPSchedule:
         s_i = check_sparsity(initial_sparsity, "initial_sparsity")
         s_f = check_sparsity(final_sparsity, "final_sparsity")
         if s_i > s_f:
-            raise ValueError(
-                f"initial_sparsity ({initial_sparsity!r}) must be <= final_sparsity ({final_sparsity!r})"
-            )
+            raise ValueError(f"initial_sparsity ({initial_sparsity!r}) must be <= final_sparsity ({final_sparsity!r})")
         start = _check_step(start_step, "start_step")
         end = _check_step(end_step, "end_step")
         if end < start:
@@ -126,9 +124,7 @@ class GMPSchedule:
         """Restore arguments and last step (validated as in the constructor)."""
         keys = set(self.state_dict())
         if set(state_dict) != keys:
-            raise KeyError(
-                f"state_dict keys {sorted(state_dict)} do not match GMPSchedule's {sorted(keys)}"
-            )
+            raise KeyError(f"state_dict keys {sorted(state_dict)} do not match GMPSchedule's {sorted(keys)}")
         last = state_dict["last_step"]
         if last is not None:
             last = _check_step(last, "last_step")

@@ -45,7 +45,6 @@ contiguous 1/W slice of each global batch, gradients are averaged by
 every rank holds the same multipliers; rank 0 writes files.
 """
 
-
 from ceag._io import FolderInUseError, OutputError, check_output_dir
 from ceag.train.batching import epoch_permutation
 from ceag.train.checkpoint import CheckpointError, last_saved, load_checkpoint, save_checkpoint

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -86,10 +87,11 @@ class TrainConfig:
     checkpoint_every_steps: int = option(0, help="also checkpoint every N training steps within an epoch (0: at epoch ends only)")
     progress: bool = option(True, help="progress bars")
     on_nonfinite: str = option(
-        "stop", choices=NONFINITE_ACTIONS,
+        "stop",
+        choices=NONFINITE_ACTIONS,
         help="a NaN/Inf loss, multiplier or gradient: stop (the state before the step is checkpointed) or skip "
         "the step (counted in the history)",
-    )  # fmt: skip
+    )
 
     # Fields a resumed run may change without changing the result (on_nonfinite changes it
     # only where a run with "stop" has no result: a stopped run may resume with "skip").
@@ -102,7 +104,7 @@ class TrainConfig:
 
     # -- validation ------------------------------------------------------------------------
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ValueError / TypeError naming the first bad field."""
 
         def bad(name: str, why: str) -> None:
@@ -179,8 +181,11 @@ class TrainConfig:
         G = self.num_groups
         if G > 1_000_000:  # the check allocates O(G · k); the run itself validates later
             return
-        stats = GroupStats(count=torch.ones(G, dtype=torch.long), correct=torch.ones(G, dtype=torch.long),
-                           loss_sum=torch.zeros(G, dtype=torch.float64))  # fmt: skip
+        stats = GroupStats(
+            count=torch.ones(G, dtype=torch.long),
+            correct=torch.ones(G, dtype=torch.long),
+            loss_sum=torch.zeros(G, dtype=torch.float64),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -218,7 +223,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -245,6 +250,7 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     else:
         raise ValueError(f"{name} {device!r} is not supported: ceag trains on cpu or cuda")
     return dev
+
 
 def milestones(fracs: Sequence[float], epochs: int) -> list[int]:
     """The epochs (of ``epochs``) at the fractions ``fracs``: the LR decay points of a phase."""

@@ -7,7 +7,7 @@ every method's run, so it is trained once per seed and cached by the caller.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -6,8 +6,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ceag._io import atomic_write
 

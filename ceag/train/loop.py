@@ -7,8 +7,9 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,9 +125,9 @@ class Trainer:
         self._accum = self._zero_accum()
         self._started = False
         self._keep_previous = True  # False after resuming from prev.ckpt: don't rotate a bad last.ckpt over it
-        self.on_batch_end: Callable[["Trainer"], None] | None = None  # test / user hook
+        self.on_batch_end: Callable[[Trainer], None] | None = None  # test / user hook
         # Called after each epoch's history row is recorded and checkpointed, with that row.
-        self.on_epoch_end: Callable[["Trainer", dict[str, Any]], None] | None = None
+        self.on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None
         # Wall-clock seconds and steps of the training loops per phase, this process only (not
         # checkpointed: timings are not part of the run's result).
         self.timings: dict[str, dict[str, float]] = {}
@@ -255,8 +256,7 @@ class Trainer:
                 undo.restore()
                 optimizer.zero_grad(set_to_none=True)
                 where = (
-                    f"epoch {epoch} ({self.phase(epoch)}), step {self.global_step + 1} "
-                    f"(batch {self.batch + 1} of {num_batches})"
+                    f"epoch {epoch} ({self.phase(epoch)}), step {self.global_step + 1} (batch {self.batch + 1} of {num_batches})"
                 )
                 if c.on_nonfinite == "stop":
                     timing["seconds"] += time.perf_counter() - start
@@ -338,7 +338,9 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None, stop_at_step: int | None = None) -> list[dict[str, Any]]:
+    def fit(
+        self, *, resume: bool = False, stop_after_epoch: int | None = None, stop_at_step: int | None = None
+    ) -> list[dict[str, Any]]:
         """Run (or continue) training; returns :attr:`history`.
 
         ``resume``: continue from ``output_dir/last.ckpt`` if it exists, else from

@@ -10,8 +10,8 @@ import torch
 
 from ceag.app.audit import audit, load_model
 from ceag.app.cli import main
-from ceag.errors import UsageError
 from ceag.app.experiment import ExperimentConfig, load_data
+from ceag.errors import UsageError
 
 SYN = ["--dataset", "synthetic", "--groups", "6", "--samples", "2000", "--hidden", "16,16"]
 
@@ -20,8 +20,26 @@ SYN = ["--dataset", "synthetic", "--groups", "6", "--samples", "2000", "--hidden
 def trained(tmp_path_factory):
     """A finished NFT run: its dense-cache entry, its last.ckpt and its metrics."""
     root = tmp_path_factory.mktemp("audit")
-    argv = ["run", *SYN, "--method", "nft", "--dense-epochs", "2", "--pruning-epochs", "2", "--mitigation-epochs", "1",
-            "--min-count", "10", "--no-progress", "--no-plots", "--output", str(root), "--name", "r"]  # fmt: skip
+    argv = [
+        "run",
+        *SYN,
+        "--method",
+        "nft",
+        "--dense-epochs",
+        "2",
+        "--pruning-epochs",
+        "2",
+        "--mitigation-epochs",
+        "1",
+        "--min-count",
+        "10",
+        "--no-progress",
+        "--no-plots",
+        "--output",
+        str(root),
+        "--name",
+        "r",
+    ]
     assert main(argv) == 0
     (dense,) = (root / ".dense-cache").glob("*.ckpt")
     run = root / "r" / "nft-s90-seed0"

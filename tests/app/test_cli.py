@@ -12,15 +12,45 @@ import pytest
 from ceag.app.cli import build_parser, main
 
 TINY = [
-    "--dataset", "synthetic", "--groups", "5", "--samples", "500", "--hidden", "16,16",
-    "--dense-epochs", "1", "--pruning-epochs", "1", "--mitigation-epochs", "1", "--batch-size", "100",
-    "--min-count", "5", "--no-progress",
-]  # fmt: skip
+    "--dataset",
+    "synthetic",
+    "--groups",
+    "5",
+    "--samples",
+    "500",
+    "--hidden",
+    "16,16",
+    "--dense-epochs",
+    "1",
+    "--pruning-epochs",
+    "1",
+    "--mitigation-epochs",
+    "1",
+    "--batch-size",
+    "100",
+    "--min-count",
+    "5",
+    "--no-progress",
+]
 
 
 def test_compare_end_to_end(tmp_path, capsys):
-    code = main(["compare", *TINY, "--methods", "nft,ceag", "--seeds", "0,1", "--sparsity", "80%",
-                 "--output", str(tmp_path), "--name", "cmp"])  # fmt: skip
+    code = main(
+        [
+            "compare",
+            *TINY,
+            "--methods",
+            "nft,ceag",
+            "--seeds",
+            "0,1",
+            "--sparsity",
+            "80%",
+            "--output",
+            str(tmp_path),
+            "--name",
+            "cmp",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert re.search(r"\| 80% \(80\.\d\d%\) \| NFT \|", out) and re.search(r"\| 80% \(80\.\d\d%\) \| CEAG \|", out), out

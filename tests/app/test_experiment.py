@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 
 import pytest
 import torch
@@ -232,9 +232,11 @@ def test_formulation_fields_reach_ceag_only():
     ceag = cfg.train_config("ceag", 0.9, 0, num_groups=3)
     assert ceag.dual_optimizer == "pi"
     assert ceag.method_options == {
-        "primal": "normalized", "multiplier_scale": "absolute", "margin": cfg.margin,
+        "primal": "normalized",
+        "multiplier_scale": "absolute",
+        "margin": cfg.margin,
         "dual_optimizer_kwargs": {"Kp": 2.0, "Ki": 1.0},
-    }  # fmt: skip
+    }
     for other in ("ceag_paper", "el_rb"):
         tc = cfg.train_config(other, 0.9, 0, num_groups=3)
         assert tc.dual_optimizer == "sgd" and tc.method_options == {}

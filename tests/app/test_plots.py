@@ -14,7 +14,6 @@ import torch
 
 from ceag.app import plots
 from ceag.app.plots import _common, frontier, groups, training
-from ceag.app.plots import _common, groups, tradeoff, training
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = math.nan
@@ -64,8 +63,15 @@ def tradeoff_points(methods=("NFT", "CEAG"), sparsities=(0.5, 0.9, 0.99)):
     pts = []
     for j, m in enumerate(methods):
         for s in sparsities:
-            pts.append({"method": m, "sparsity": s, "accuracy": 0.9 - 0.2 * s**4 - 0.01 * j,
-                        "max_psi": 0.05 * s / (j + 1), "psi_pw": 0.1 * s / (j + 1)})
+            pts.append(
+                {
+                    "method": m,
+                    "sparsity": s,
+                    "accuracy": 0.9 - 0.2 * s**4 - 0.01 * j,
+                    "max_psi": 0.05 * s / (j + 1),
+                    "psi_pw": 0.1 * s / (j + 1),
+                }
+            )
     return pts
 
 
@@ -137,8 +143,9 @@ def test_tradeoff_writes_png(tmp_path, methods):
 def test_group_gap_bars_order_nan_and_epsilon():
     nft = np.array([0.01, 0.05, NAN, -0.02, 0.03])
     ceag = np.array([0.0, 0.01, NAN, NAN, 0.02])  # group 3 absent under CEAG only
-    fig = groups._group_gap_figure({"NFT": nft, "CEAG": ceag}, 0.01, group_names=list("abcde"), counts=None,
-                                  split="train", max_bars=60, order="psi")
+    fig = groups._group_gap_figure(
+        {"NFT": nft, "CEAG": ceag}, 0.01, group_names=list("abcde"), counts=None, split="train", max_bars=60, order="psi"
+    )
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "e", "a", "d"]  # worst first, "c" dropped
     heights = sorted(round(p.get_height(), 6) for p in ax.patches)
@@ -151,8 +158,9 @@ def test_group_gap_bars_order_nan_and_epsilon():
 
 
 def test_group_gap_bars_by_count():
-    fig = groups._group_gap_figure({"NFT": [0.1, 0.2, 0.3]}, 0.0, group_names=None, counts=[5, 50, 1],
-                                  split="train", max_bars=60, order="count")
+    fig = groups._group_gap_figure(
+        {"NFT": [0.1, 0.2, 0.3]}, 0.0, group_names=None, counts=[5, 50, 1], split="train", max_bars=60, order="count"
+    )
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1 (n=50)", "0 (n=5)", "2 (n=1)"]
 
 
@@ -160,8 +168,9 @@ def test_group_gap_bars_many_groups_shows_worst_and_sorted_panel():
     G = 1000
     nft = psi_values(G)
     worst = np.argsort(-nft)[:60]
-    fig = groups._group_gap_figure({"NFT": nft, "CEAG": nft / 3}, 0.01, group_names=None, counts=None,
-                                  split="train", max_bars=60, order="psi")
+    fig = groups._group_gap_figure(
+        {"NFT": nft, "CEAG": nft / 3}, 0.01, group_names=None, counts=None, split="train", max_bars=60, order="psi"
+    )
     ax, ax_all = fig.axes
     assert len(ax.patches) == 2 * 60
     ticks = [int(t.get_text()) for t in ax.get_xticklabels()]
@@ -268,8 +277,7 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("fn, args, kwargs, exc, match", BAD_CASES,
-                         ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(BAD_CASES)])
+@pytest.mark.parametrize("fn, args, kwargs, exc, match", BAD_CASES, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(BAD_CASES)])
 def test_bad_input_raises_naming_the_argument(tmp_path, fn, args, kwargs, exc, match):
     if fn is plots.multiplier_trajectories:
         call = lambda: fn(args[0], tmp_path / "x.png", **kwargs)  # noqa: E731
@@ -333,8 +341,9 @@ def test_file_mode_follows_umask(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("display, key", [("NFT", "nft"), ("EL", "el"), ("EL+RB", "el_rb"), ("CEAG", "ceag"),
-                                          ("CEAG-batch", "ceag_batch")])
+@pytest.mark.parametrize(
+    "display, key", [("NFT", "nft"), ("EL", "el"), ("EL+RB", "el_rb"), ("CEAG", "ceag"), ("CEAG-batch", "ceag_batch")]
+)
 def test_method_style_display_names_and_keys_agree(display, key):
     assert plots.method_style(display) == plots.method_style(key)
     assert plots.method_style(key)["label"] == display

@@ -48,11 +48,17 @@ def _run(tmp_path: Path, extra_env: dict[str, str]) -> tuple[subprocess.Complete
     for name in ("gpu_check.sh", "gpu_steps.sh"):
         shutil.copy(BENCH / name, work / "bench" / name)
     _stub(stubs / "python3", PYTHON_STUB)
-    _stub(stubs / "cmake", "#!/usr/bin/env bash\necho \"cmake stub: $*\" >&2\nexit 5\n")
+    _stub(stubs / "cmake", '#!/usr/bin/env bash\necho "cmake stub: $*" >&2\nexit 5\n')
     _stub(stubs / "nvidia-smi", "#!/usr/bin/env bash\necho 'nvidia-smi stub'\n")
     log = tmp_path / "python3-calls.txt"
-    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "PYTHON": str(stubs / "python3"),
-           "OUT": str(out), "STUB_LOG": str(log), **extra_env}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:{os.environ['PATH']}",
+        "PYTHON": str(stubs / "python3"),
+        "OUT": str(out),
+        "STUB_LOG": str(log),
+        **extra_env,
+    }
     for name in ("STUB_FAIL", "STUB_HANG", "TEST_TIMEOUT", "BENCH_TIMEOUT", "BUILD_TIMEOUT", "CEAG_EXTENSION_PATH"):
         if name not in extra_env:
             env.pop(name, None)

@@ -63,8 +63,12 @@ def _violations(r) -> list[str]:
             )
     sizes = r.bytes
     first = next(iter(sizes.values()))
-    state = (first["data"] + first["model"] + max(s["optimizer"] for s in sizes.values())
-             + max(s["method"] + s["dense_stats"] for s in sizes.values())) / MB  # fmt: skip
+    state = (
+        first["data"]
+        + first["model"]
+        + max(s["optimizer"] for s in sizes.values())
+        + max(s["method"] + s["dense_stats"] for s in sizes.values())
+    ) / MB
     over = r.rss_mb["peak"] - r.rss_mb["baseline"]
     if over > PEAK_FACTOR * state + PEAK_SLACK_MB:
         bad.append(
@@ -112,9 +116,23 @@ def test_load_full_size(load, tmp_path, request):
 
 def test_load_config_survives_the_command_line(load):
     """run_load hands the configuration to the worker as options: nothing is lost on the way."""
-    config = load.LoadConfig(samples=1234, groups=7, test=99, hidden=(3, 5), methods=("ceag",), sparsity=0.75,
-                             batch_size=17, dense_epochs=2, pruning_epochs=1, mitigation_epochs=4, plots=True,
-                             leak_mb=1.5, tmp="/some/where", threads=2, verbose=True)  # fmt: skip
+    config = load.LoadConfig(
+        samples=1234,
+        groups=7,
+        test=99,
+        hidden=(3, 5),
+        methods=("ceag",),
+        sparsity=0.75,
+        batch_size=17,
+        dense_epochs=2,
+        pruning_epochs=1,
+        mitigation_epochs=4,
+        plots=True,
+        leak_mb=1.5,
+        tmp="/some/where",
+        threads=2,
+        verbose=True,
+    )
     args = load._parse(["--worker", *config.argv()])
     assert load._config(args, args.samples[0]) == config
 

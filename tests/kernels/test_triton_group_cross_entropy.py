@@ -33,9 +33,7 @@ def _make(n, c, g, dtype=torch.float32, ignore_frac=0.1, seed=0, index_dtype=tor
 
 
 def _check(out, logits, target, group, g, ls, dtype):
-    ref = reference.group_cross_entropy(
-        logits.cpu(), target.cpu().long(), group.cpu().long(), g, label_smoothing=ls
-    )
+    ref = reference.group_cross_entropy(logits.cpu(), target.cpu().long(), group.cpu().long(), g, label_smoothing=ls)
     torch.testing.assert_close(out[0].cpu(), ref[0], **TOL[dtype])
     for a, b in zip(out[1:4], ref[1:4]):
         assert torch.equal(a.cpu(), b)

@@ -331,8 +331,13 @@ def test_el_dual_step_and_primal_coefficients(variant):
     [
         lambda: CEAG(G, _dense(), buffer_size=3, dual_lr=0.2, multiplier_sum_warning=None),
         lambda: CEAG(
-            G, _dense(), buffer_size=3, dual_lr=0.2, dual_optimizer="nupi",
-            dual_optimizer_kwargs={"Kp": 1.0, "Ki": 1.0}, multiplier_sum_warning=None,
+            G,
+            _dense(),
+            buffer_size=3,
+            dual_lr=0.2,
+            dual_optimizer="nupi",
+            dual_optimizer_kwargs={"Kp": 1.0, "Ki": 1.0},
+            multiplier_sum_warning=None,
         ),
         lambda: CEAG(G, _dense(), buffer_size=None, dual_lr=0.2, multiplier_sum_warning=None),
         lambda: ELRB(G, _dense().shares, buffer_size=2, dual_lr=0.2, multiplier_sum_warning=None),

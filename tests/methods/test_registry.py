@@ -22,13 +22,21 @@ def _dense() -> GroupStats:
 def test_names_and_labels_are_today_s():
     assert tuple(METHODS) == ("nft", "el", "el_rb", "ceag", "ceag_paper", "ceag_batch")
     assert {n: s.label for n, s in METHODS.items()} == {
-        "nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_paper": "CEAG-paper",
+        "nft": "NFT",
+        "el": "EL",
+        "el_rb": "EL+RB",
+        "ceag": "CEAG",
+        "ceag_paper": "CEAG-paper",
         "ceag_batch": "CEAG (no buffers)",
-    }  # fmt: skip
+    }
     assert {n: s.plot_label for n, s in METHODS.items()} == {
-        "nft": "NFT", "el": "EL", "el_rb": "EL+RB", "ceag": "CEAG", "ceag_paper": "CEAG-paper",
+        "nft": "NFT",
+        "el": "EL",
+        "el_rb": "EL+RB",
+        "ceag": "CEAG",
+        "ceag_paper": "CEAG-paper",
         "ceag_batch": "CEAG-batch",
-    }  # fmt: skip
+    }
 
 
 def test_entries_are_consistent():

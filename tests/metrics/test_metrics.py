@@ -120,8 +120,19 @@ def test_disparity_dataframe_and_summary():
     r = disparity(_stats([10, 0, 30], [8, 0, 20]), _stats([10, 0, 30], [6, 0, 21]), tolerance=0.1, min_count=1)
     df = r.to_dataframe(group_names=["a", "b", "c"])
     assert list(df.index) == ["a", "b", "c"] and df.index.name == "group"
-    for col in ("count", "dense_accuracy", "sparse_accuracy", "accuracy_gap", "psi", "psi_lower", "psi_upper", "status",
-                "sparse_accuracy_lower", "sparse_accuracy_upper", "included"):
+    for col in (
+        "count",
+        "dense_accuracy",
+        "sparse_accuracy",
+        "accuracy_gap",
+        "psi",
+        "psi_lower",
+        "psi_upper",
+        "status",
+        "sparse_accuracy_lower",
+        "sparse_accuracy_upper",
+        "included",
+    ):
         assert col in df.columns
     assert df.loc["b", "status"] == STATUS_ABSENT and math.isnan(df.loc["b", "psi"])
     assert set(r.summary()) >= {"max_psi", "psi_pw", "frac_within_tolerance", "accuracy_gap", "num_included"}
@@ -147,5 +158,7 @@ def test_small_groups_are_left_out_by_default_and_counted():
     r = disparity(dense, sparse, tolerance=0.01)
     assert r.min_count == 30 and r.included.tolist() == [False, False, True, True, False]
     assert r.num_excluded == 2 and r.summary()["num_excluded"] == 2
-    assert r.exclusion_note() == "2 of 4 groups left out: fewer than 30 samples, where one sample moves ψ_g by more than 3.3 points"
+    assert (
+        r.exclusion_note() == "2 of 4 groups left out: fewer than 30 samples, where one sample moves ψ_g by more than 3.3 points"
+    )
     assert disparity(dense, sparse, min_count=1).exclusion_note() == ""

@@ -55,9 +55,7 @@ def test_masked_matches_conv2d_of_masked_weight(cin, cout, k, kw):
     y = mc(x)
     y_ref = ref._conv_forward(x, w * mask, ref.bias)
     if ref.padding_mode == "zeros":  # also against the functional op directly
-        torch.testing.assert_close(
-            y, F.conv2d(x, mc.weight * mask, mc.bias, mc.stride, mc.padding, mc.dilation, mc.groups)
-        )
+        torch.testing.assert_close(y, F.conv2d(x, mc.weight * mask, mc.bias, mc.stride, mc.padding, mc.dilation, mc.groups))
     torch.testing.assert_close(y, y_ref)
     g = _grads(y, [x, mc.weight])
     g_ref = _grads(y_ref, [x, w])

@@ -12,8 +12,6 @@ from ceag.nn import MaskedLinear
 from ceag.ops import reference
 
 
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_full_mask_is_nn_linear(backend_device, monkeypatch, bias):
     backend, device = backend_device

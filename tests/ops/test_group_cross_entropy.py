@@ -8,7 +8,6 @@ Counts, correctness bits and argmax ties are exact on every backend.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,8 +17,6 @@ from hypothesis import strategies as st
 from ceag.ops import group_cross_entropy, reference
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
 
 
 def _make(n, c, g, dtype=torch.float32, *, ignore_frac=0.0, ignore_index=-100, seed=0, scale=3.0, ties=False):
@@ -64,9 +61,7 @@ def _eager_low_precision(logits, target, group, num_groups, *, label_smoothing=0
 
 
 def _run(backend, device, logits, target, group, num_groups, **kw):
-    out = group_cross_entropy(
-        logits.to(device), target.to(device), group.to(device), num_groups, backend=backend, **kw
-    )
+    out = group_cross_entropy(logits.to(device), target.to(device), group.to(device), num_groups, backend=backend, **kw)
     return out
 
 

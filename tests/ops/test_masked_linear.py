@@ -33,8 +33,6 @@ CASES = [
 TRITON_MAX = 64  # the interpreter is slow: Triton runs only the cases with B, N, K <= this
 
 
-
-
 def _inputs(B, N, K, density, dtype, device="cpu", bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, K, generator=g, dtype=torch.float64)
@@ -129,9 +127,7 @@ def test_matches_reference(backend_device, case, dtype, force_path):
         _run_and_compare(backend, device, x, w, mask, b, dtype, layout=layout)
 
 
-@pytest.mark.parametrize(
-    "mask_kind", ["empty", "full", "rows_masked", "cols_masked", "single"]
-)
+@pytest.mark.parametrize("mask_kind", ["empty", "full", "rows_masked", "cols_masked", "single"])
 @pytest.mark.parametrize("path", ["sparse", "dense", "auto"])
 def test_edge_masks(backend_device, mask_kind, path, force_path):
     backend, device = backend_device
@@ -210,9 +206,7 @@ def test_gradcheck_float64(path):
     assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, mask, b, *layout_args), (x, w, b))
     # CSR only (no CSC): grad_x falls back to the dense path, still correct
     if path == "sparse":
-        assert torch.autograd.gradcheck(
-            lambda x, w, b: op(x, w, mask, b, lay.csr_ptr, lay.csr_idx, None, None), (x, w, b)
-        )
+        assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, mask, b, lay.csr_ptr, lay.csr_idx, None, None), (x, w, b))
 
 
 def _opcheck_samples():
@@ -355,13 +349,25 @@ def test_bad_layout_and_backend():
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w.double(), m, b, None, None, None, None), "weight dtype"),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b[:2], None, None, None, None), "bias must have shape"),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr, None, None, None), "given together"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr.long(), L.csr_idx, None, None), "csr_ptr must be int32"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr[:-1], L.csr_idx, None, None), "csr_ptr must have shape"),
+        (
+            lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr.long(), L.csr_idx, None, None),
+            "csr_ptr must be int32",
+        ),
+        (
+            lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr[:-1], L.csr_idx, None, None),
+            "csr_ptr must have shape",
+        ),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear(x, w, m, b, L.csr_ptr, L.csr_idx + 100, None, None), "out of range"),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_input(x, w, m, None, None), "grad_y must have"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_input(torch.ones(3, 4), w, m, L.csc_ptr, L.csc_idx[:1]), "csc_ptr must start at 0"),
+        (
+            lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_input(torch.ones(3, 4), w, m, L.csc_ptr, L.csc_idx[:1]),
+            "csc_ptr must start at 0",
+        ),
         (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_weight(torch.ones(2, 4), x, m, None, None), "same batch size"),
-        (lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_weight(torch.ones(3, 4).double(), x, m, None, None), "grad_y dtype"),
+        (
+            lambda x, w, m, b, L: torch.ops.ceag.masked_linear_grad_weight(torch.ones(3, 4).double(), x, m, None, None),
+            "grad_y dtype",
+        ),
     ],
 )
 def test_bad_inputs_cpp(call, match):

@@ -59,9 +59,7 @@ def _outputs(backend: str | None) -> dict[str, dict[str, torch.Tensor]]:
 
     logits, target, group, weight = data["group_cross_entropy"]
     logits = logits.clone().requires_grad_()
-    res = ceag.ops.group_cross_entropy(
-        logits, target, group, 3, label_smoothing=0.1, group_weight=weight, backend=backend
-    )
+    res = ceag.ops.group_cross_entropy(logits, target, group, 3, label_smoothing=0.1, group_weight=weight, backend=backend)
     res.weighted_loss.backward()
     out["group_cross_entropy"] = {
         "loss_sum": res.loss_sum.detach(),
@@ -104,9 +102,7 @@ def _pure_python_main(path: str) -> None:
     explicit = {
         "masked_linear": lambda be: ceag.ops.masked_linear(x, w, mask, b, backend=be),
         "group_cross_entropy": lambda be: ceag.ops.group_cross_entropy(logits, target, group, 3, backend=be),
-        "replay_buffer": lambda be: ceag.ops.replay_buffer_update(
-            buffer, head, fill, group[:3], torch.ones(3), backend=be
-        ),
+        "replay_buffer": lambda be: ceag.ops.replay_buffer_update(buffer, head, fill, group[:3], torch.ones(3), backend=be),
     }
     assert set(explicit) == set(FAMILIES)
     for family, call in explicit.items():
@@ -140,9 +136,7 @@ def _pure_python_main(path: str) -> None:
 def _python(code: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("CEAG_EXTENSION_PATH", "CEAG_BACKEND")}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, check=False
-    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
 def test_pure_python_install_runs_every_op_on_the_reference(tmp_path):

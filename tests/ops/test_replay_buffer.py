@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 from ceag.ops import replay_buffer_update
 
 
-
-
 class DequeModel:
     """The specification: one deque(maxlen=k) per group, samples pushed in batch order."""
 

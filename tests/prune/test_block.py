@@ -13,9 +13,7 @@ def _blocks(mask, bh, bw):
     return [[mask[i : i + bh, j : j + bw] for j in range(0, k, bw)] for i in range(0, n, bh)]
 
 
-@pytest.mark.parametrize(
-    "shape, block", [((64, 96), (32, 32)), ((70, 50), (16, 16)), ((33, 17), (8, 4)), ((5, 5), (32, 32))]
-)
+@pytest.mark.parametrize("shape, block", [((64, 96), (32, 32)), ((70, 50), (16, 16)), ((33, 17), (8, 4)), ((5, 5), (32, 32))])
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9, 1.0])
 def test_whole_blocks_and_block_count(shape, block, sparsity):
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))

@@ -27,10 +27,16 @@ def mlp() -> nn.Module:
 
 def cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(12, 12, 3, padding=1, groups=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(12 * 4 * 4, 20), nn.ReLU(), nn.Linear(20, 5),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(12, 12, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 4 * 4, 20),
+        nn.ReLU(),
+        nn.Linear(20, 5),
     )
 
 
@@ -57,7 +63,12 @@ def test_sparsify_swaps_all_but_first_conv_and_last_linear():
     y = model(x)
     assert sparsify(model) is model
     assert [type(m).__name__ for m in model if isinstance(m, (nn.Linear, nn.Conv2d))] == [
-        "Conv2d", "MaskedConv2d", "MaskedConv2d", "MaskedLinear", "Linear"]
+        "Conv2d",
+        "MaskedConv2d",
+        "MaskedConv2d",
+        "MaskedLinear",
+        "Linear",
+    ]
     assert [n for n, _ in prunable_layers(model)] == ["2", "4", "7"]
     assert isinstance(model[2], MaskedConv2d) and model[2].stride == (2, 2) and model[4].groups == 2
     assert all(a is b for a, b in zip(params, model.parameters())), "Parameters must be shared"
@@ -183,7 +194,8 @@ def test_masks_only_shrink(scope):
         assert not (m.mask & ~a).any(), "a pruned weight came back"
     if scope == "layer":
         assert [int((~m.mask).sum()) for _, m in prunable_layers(model)] == [
-            round(0.8 * m.mask.numel()) for _, m in prunable_layers(model)]
+            round(0.8 * m.mask.numel()) for _, m in prunable_layers(model)
+        ]
 
 
 def test_ties_break_by_index():
@@ -302,8 +314,7 @@ def test_sparsity_report():
         assert r.shape == tuple(w.shape) and r.total == w.numel()
         assert r.kept == (r.total - round(0.75 * r.total) if r.masked else r.total)
     masked = [r for r in report if r.masked]
-    assert report.masked_overall.sparsity == pytest.approx(
-        sum(r.total - r.kept for r in masked) / sum(r.total for r in masked))
+    assert report.masked_overall.sparsity == pytest.approx(sum(r.total - r.kept for r in masked) / sum(r.total for r in masked))
     assert report.overall.total == sum(r.total for r in report)
     df = report.to_pandas()
     assert list(df.columns) == ["name", "type", "shape", "kept", "total", "sparsity", "masked"]

@@ -52,9 +52,7 @@ class Campaign:
             raise AssertionError(f"expected an error naming {names}, got a result: {result!r:.300}")
         first = msg.strip().splitlines()[0] if msg.strip() else ""
         assert first, f"{kind} with an empty message"
-        assert any(re.search(rf"(?<![\w.]){n}(?!\w)", msg) for n in names), (
-            f"{kind} does not name any of {names}: {msg[:400]!r}"
-        )
+        assert any(re.search(rf"(?<![\w.]){n}(?!\w)", msg) for n in names), f"{kind} does not name any of {names}: {msg[:400]!r}"
         self.errors += 1
         self.messages.add(re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", first))
         return msg

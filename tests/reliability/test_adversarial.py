@@ -17,19 +17,38 @@ import pytest
 import torch
 from torch import nn
 
-from ceag.app import experiment as exp
 from ceag._io import LOCK_NAME, FolderInUseError, atomic_write, lock
+from ceag.app import experiment as exp
 from ceag.app.cli import main
-from ceag.errors import UsageError
 from ceag.app.experiment import ExperimentConfig, dense_model
+from ceag.errors import UsageError
 from ceag.nn import MaskedLinear
 from ceag.prune import sparsity_report
 from ceag.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 
 # Tiny synthetic experiment: ~2 s after start-up.
-TINY = ["--dataset", "synthetic", "--groups", "5", "--samples", "500", "--hidden", "16,16", "--dense-epochs", "1",
-        "--pruning-epochs", "1", "--mitigation-epochs", "1", "--batch-size", "100", "--min-count", "5",
-        "--no-progress", "--no-plots"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--groups",
+    "5",
+    "--samples",
+    "500",
+    "--hidden",
+    "16,16",
+    "--dense-epochs",
+    "1",
+    "--pruning-epochs",
+    "1",
+    "--mitigation-epochs",
+    "1",
+    "--batch-size",
+    "100",
+    "--min-count",
+    "5",
+    "--no-progress",
+    "--no-plots",
+]
 
 
 def _exit_2(capsys, argv: list[str]) -> str:
@@ -47,10 +66,15 @@ def _exit_2(capsys, argv: list[str]) -> str:
 def _held_by_another_process(path: Path, seconds: float = 60):
     """A child process holds :func:`ceag._io.lock` on ``path`` for ``seconds``; yields it."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from ceag._io import lock\n"
-         f"with lock({str(path)!r}, what='x'):\n print('held', flush=True); time.sleep({seconds})"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import time; from ceag._io import lock\n"
+            f"with lock({str(path)!r}, what='x'):\n print('held', flush=True); time.sleep({seconds})",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         yield holder
@@ -94,9 +118,16 @@ def test_crafted_run_checkpoint_is_refused_on_resume(tmp_path, capsys):
 
 
 def test_crafted_dense_cache_entry_is_rebuilt_without_running_code(tmp_path):
-    cfg = ExperimentConfig(dataset="synthetic", dataset_options={"num_groups": 4, "num_train": 300}, hidden=(8,),
-                           dense_epochs=1, pruning_epochs=1, mitigation_epochs=1, output_root=str(tmp_path),
-                           progress=False)  # fmt: skip
+    cfg = ExperimentConfig(
+        dataset="synthetic",
+        dataset_options={"num_groups": 4, "num_train": 300},
+        hidden=(8,),
+        dense_epochs=1,
+        pruning_epochs=1,
+        mitigation_epochs=1,
+        output_root=str(tmp_path),
+        progress=False,
+    )
     data = exp.load_data(cfg)
     logs: list[str] = []
     reference = dense_model(cfg, data, 0, log=logs.append)
@@ -114,7 +145,8 @@ def test_checkpoint_round_trip_restores_every_rng(tmp_path):
 
     import numpy as np
 
-    from ceag.train.checkpoint import rng_state as _rng_state, set_rng_state as _set_rng_state
+    from ceag.train.checkpoint import rng_state as _rng_state
+    from ceag.train.checkpoint import set_rng_state as _set_rng_state
 
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     path = save_checkpoint({"rng": _rng_state()}, tmp_path / "c.ckpt")
@@ -127,9 +159,16 @@ def test_checkpoint_round_trip_restores_every_rng(tmp_path):
 
 
 def test_dense_cache_with_wrong_shapes_trains_from_fresh_weights(tmp_path):
-    cfg = ExperimentConfig(dataset="synthetic", dataset_options={"num_groups": 4, "num_train": 300}, hidden=(8,),
-                           dense_epochs=1, pruning_epochs=1, mitigation_epochs=1, output_root=str(tmp_path),
-                           progress=False)  # fmt: skip
+    cfg = ExperimentConfig(
+        dataset="synthetic",
+        dataset_options={"num_groups": 4, "num_train": 300},
+        hidden=(8,),
+        dense_epochs=1,
+        pruning_epochs=1,
+        mitigation_epochs=1,
+        output_root=str(tmp_path),
+        progress=False,
+    )
     data = exp.load_data(cfg)
     reference = dense_model(cfg, data, 0, log=lambda m: None)
     (cache,) = (tmp_path / exp.DENSE_CACHE).glob("*.ckpt")
@@ -200,8 +239,19 @@ def test_second_process_on_a_locked_folder_names_the_holder(tmp_path):
 def test_concurrent_cli_runs_on_one_name_and_sigterm(tmp_path):
     """A second `ceag run --name t` refuses while the first trains; SIGTERM then stops the
     first with exit 143 and a line saying which checkpoint it leaves."""
-    argv = [sys.executable, "-m", "ceag.app.cli", "run", *TINY, "--mitigation-epochs", "2000",
-            "--output", str(tmp_path), "--name", "t"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "ceag.app.cli",
+        "run",
+        *TINY,
+        "--mitigation-epochs",
+        "2000",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "t",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -222,7 +272,6 @@ def test_concurrent_cli_runs_on_one_name_and_sigterm(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("ceag: terminated (SIGTERM); ") and f"{run / 'last.ckpt'} holds the run at epoch" in last, err
     assert "Traceback" not in err
-
 
 
 def test_trainer_locks_its_output_dir(tmp_path):
@@ -358,8 +407,13 @@ def test_bad_extension_path_names_the_variable(tmp_path):
     bad = tmp_path / "lib.so"
     bad.write_bytes(b"not a library")
     for path in (bad, tmp_path / "missing.so"):
-        out = subprocess.run([sys.executable, "-c", "import ceag"], capture_output=True, text=True,
-                             env={**os.environ, "CEAG_EXTENSION_PATH": str(path)}, timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", "import ceag"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CEAG_EXTENSION_PATH": str(path)},
+            timeout=120,
+        )
         assert out.returncode != 0
         assert f"CEAG_EXTENSION_PATH={str(path)!r} cannot be loaded" in out.stderr.strip().splitlines()[-1]
 
@@ -431,9 +485,16 @@ def test_group_count_is_bounded():
 
 
 def test_dense_cache_entry_in_use_is_waited_for(tmp_path):
-    cfg = ExperimentConfig(dataset="synthetic", dataset_options={"num_groups": 4, "num_train": 300}, hidden=(8,),
-                           dense_epochs=1, pruning_epochs=1, mitigation_epochs=1, output_root=str(tmp_path),
-                           progress=False)  # fmt: skip
+    cfg = ExperimentConfig(
+        dataset="synthetic",
+        dataset_options={"num_groups": 4, "num_train": 300},
+        hidden=(8,),
+        dense_epochs=1,
+        pruning_epochs=1,
+        mitigation_epochs=1,
+        output_root=str(tmp_path),
+        progress=False,
+    )
     data = exp.load_data(cfg)
     entry = tmp_path / exp.DENSE_CACHE / f"{exp.dense_cache._dense_key(cfg, data, 0)}.lock"
     with _held_by_another_process(entry, seconds=1.5) as holder:

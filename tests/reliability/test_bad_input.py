@@ -113,7 +113,9 @@ def _call_ml(a, backend):
 
 
 def _other_dtype(data, t):
-    return data.draw(st.sampled_from([d for d in (torch.float64, torch.float16, torch.int64, torch.int32, torch.bool) if d != t.dtype]))
+    return data.draw(
+        st.sampled_from([d for d in (torch.float64, torch.float16, torch.int64, torch.int32, torch.bool) if d != t.dtype])
+    )
 
 
 def _ml_device(name):
@@ -138,13 +140,24 @@ def _ml_not_tensor(data, a):
 
 
 ML_ERRORS = {
-    "x-dtype": lambda d, a: (a.update(x=a["x"].to(d.draw(st.sampled_from([torch.int64, torch.int32, torch.bool, torch.complex64])))), "x")[1],
+    "x-dtype": lambda d, a: (
+        a.update(x=a["x"].to(d.draw(st.sampled_from([torch.int64, torch.int32, torch.bool, torch.complex64])))),
+        "x",
+    )[1],
     "weight-dtype": lambda d, a: (a.update(weight=a["weight"].to(_other_dtype(d, a["weight"]))), "weight")[1],
     "bias-dtype": lambda d, a: (a.update(bias=torch.zeros(a["weight"].shape[0], dtype=_other_dtype(d, a["x"]))), "bias")[1],
-    "mask-dtype": lambda d, a: (a.update(mask=a["mask"].to(d.draw(st.sampled_from([torch.float32, torch.uint8, torch.int64])))), "mask")[1],
-    "mask-shape": lambda d, a: (a.update(mask=torch.ones(a["weight"].shape[0] + 1, a["weight"].shape[1], dtype=torch.bool)), "mask")[1],
+    "mask-dtype": lambda d, a: (
+        a.update(mask=a["mask"].to(d.draw(st.sampled_from([torch.float32, torch.uint8, torch.int64])))),
+        "mask",
+    )[1],
+    "mask-shape": lambda d, a: (
+        a.update(mask=torch.ones(a["weight"].shape[0] + 1, a["weight"].shape[1], dtype=torch.bool)),
+        "mask",
+    )[1],
     "mask-dims": lambda d, a: (a.update(mask=a["mask"][None]), "mask")[1],
-    "weight-dims": lambda d, a: (a.update(weight=d.draw(st.sampled_from([a["weight"].flatten(), a["weight"][None]]))), "weight")[1],
+    "weight-dims": lambda d, a: (a.update(weight=d.draw(st.sampled_from([a["weight"].flatten(), a["weight"][None]]))), "weight")[
+        1
+    ],
     "x-0d": lambda d, a: (a.update(x=torch.tensor(1.0)), "x")[1],
     "x-last-dim": lambda d, a: (a.update(x=torch.randn(a["x"].shape[0], a["x"].shape[1] + d.draw(st.integers(1, 3)))), "x")[1],
     "bias-length": lambda d, a: (a.update(bias=torch.zeros(a["weight"].shape[0] + 1)), "bias")[1],
@@ -156,7 +169,10 @@ ML_ERRORS = {
     "device-bias": lambda d, a: (a.update(bias=torch.zeros(a["weight"].shape[0], device=META)), "bias")[1],
     "device-all": lambda d, a: (a.update({k: v.to(META) for k, v in a.items() if isinstance(v, torch.Tensor)}), "device")[1],
     "layout-type": lambda d, a: (a.update(layout=d.draw(st.sampled_from(["csr", a["mask"], (1, 2)]))), "layout")[1],
-    "layout-shape": lambda d, a: (a.update(layout=MaskLayout.from_mask(torch.ones(a["weight"].shape[0] + 1, a["weight"].shape[1], dtype=torch.bool))), "layout")[1],
+    "layout-shape": lambda d, a: (
+        a.update(layout=MaskLayout.from_mask(torch.ones(a["weight"].shape[0] + 1, a["weight"].shape[1], dtype=torch.bool))),
+        "layout",
+    )[1],
     "backend": lambda d, a: (a.update(backend=d.draw(st.sampled_from(["cuda", "gpu", "CPP", ""]))), "backend")[1],
 }
 
@@ -184,8 +200,10 @@ def test_masked_linear_zero_size(backend, campaign):
             return
         y = campaign.expect_ok(lambda: _call_ml(a, backend))
         assert y.shape == (b, n)
-        want = a["bias"].expand(b, n) if (a["bias"] is not None and k == 0) else masked_linear(
-            a["x"], a["weight"], a["mask"], a["bias"], backend="reference"
+        want = (
+            a["bias"].expand(b, n)
+            if (a["bias"] is not None and k == 0)
+            else masked_linear(a["x"], a["weight"], a["mask"], a["bias"], backend="reference")
         )
         torch.testing.assert_close(y, want)
         grads = []
@@ -314,7 +332,7 @@ def _gce_group_range(d, a):
     n = a["logits"].shape[0]
     i = d.draw(st.integers(0, n - 1))
     grp = a["group"].clone()
-    grp[i] = d.draw(st.sampled_from([a["num_groups"], a["num_groups"] + 3, -1, -2**40]))
+    grp[i] = d.draw(st.sampled_from([a["num_groups"], a["num_groups"] + 3, -1, -(2**40)]))
     a["group"] = grp
     return "group"
 
@@ -343,11 +361,19 @@ def _gce_device(name):
 
 
 GCE_ERRORS = {
-    "logits-dtype": _gce_set("logits", lambda d, a: a["logits"].to(d.draw(st.sampled_from([torch.int64, torch.int32, torch.bool, torch.complex64])))),
-    "logits-dims": _gce_set("logits", lambda d, a: d.draw(st.sampled_from([a["logits"][:, 0], a["logits"][None], torch.tensor(1.0)]))),
+    "logits-dtype": _gce_set(
+        "logits", lambda d, a: a["logits"].to(d.draw(st.sampled_from([torch.int64, torch.int32, torch.bool, torch.complex64])))
+    ),
+    "logits-dims": _gce_set(
+        "logits", lambda d, a: d.draw(st.sampled_from([a["logits"][:, 0], a["logits"][None], torch.tensor(1.0)]))
+    ),
     "logits-no-classes": _gce_set("logits", lambda d, a: a["logits"][:, :0]),
-    "target-dtype": _gce_set("target", lambda d, a: a["target"].to(d.draw(st.sampled_from([torch.float32, torch.int16, torch.uint8, torch.bool])))),
-    "group-dtype": _gce_set("group", lambda d, a: a["group"].to(d.draw(st.sampled_from([torch.float64, torch.int8, torch.uint8, torch.bool])))),
+    "target-dtype": _gce_set(
+        "target", lambda d, a: a["target"].to(d.draw(st.sampled_from([torch.float32, torch.int16, torch.uint8, torch.bool])))
+    ),
+    "group-dtype": _gce_set(
+        "group", lambda d, a: a["group"].to(d.draw(st.sampled_from([torch.float64, torch.int8, torch.uint8, torch.bool])))
+    ),
     "target-length": _gce_set("target", lambda d, a: torch.cat([a["target"], a["target"][:1]])),
     "group-length": _gce_set("group", lambda d, a: a["group"][1:]),
     "target-dims": _gce_set("target", lambda d, a: a["target"][:, None]),
@@ -359,7 +385,9 @@ GCE_ERRORS = {
     "num_groups-value": _gce_set("num_groups", lambda d, a: d.draw(st.sampled_from([0, -1, -(2**40)]))),
     "num_groups-type": _gce_set("num_groups", lambda d, a: d.draw(st.sampled_from([2.0, True, None, "2", torch.tensor(2)]))),
     "num_groups-too-small": _gce_num_groups_small,
-    "label_smoothing": _gce_kw("label_smoothing", lambda d, a: d.draw(st.sampled_from([-0.1, 1.5, math.nan, math.inf, "0.1", None, True]))),
+    "label_smoothing": _gce_kw(
+        "label_smoothing", lambda d, a: d.draw(st.sampled_from([-0.1, 1.5, math.nan, math.inf, "0.1", None, True]))
+    ),
     "ignore_index": _gce_kw("ignore_index", lambda d, a: d.draw(st.sampled_from([1.0, True, "x", None, torch.tensor(1)]))),
     "group_weight-length": _gce_kw("group_weight", lambda d, a: torch.ones(a["num_groups"] + 1)),
     "group_weight-dtype": _gce_kw("group_weight", lambda d, a: torch.ones(a["num_groups"], dtype=torch.int64)),
@@ -426,8 +454,12 @@ def test_group_cross_entropy_non_contiguous_and_int32(backend, campaign):
     def _(data):
         a = _gce_args(data)
         want = _call_gce(a, backend)
-        nc = dict(a, logits=a["logits"].t().contiguous().t(), target=a["target"].repeat_interleave(2)[::2],
-                  group=a["group"].int() if data.draw(st.booleans()) else a["group"].repeat_interleave(2)[::2])
+        nc = dict(
+            a,
+            logits=a["logits"].t().contiguous().t(),
+            target=a["target"].repeat_interleave(2)[::2],
+            group=a["group"].int() if data.draw(st.booleans()) else a["group"].repeat_interleave(2)[::2],
+        )
         _assert_gce_equal(campaign.expect_ok(lambda: _call_gce(nc, backend)), want)
         i32 = dict(a, target=a["target"].int(), group=a["group"].int())
         _assert_gce_equal(campaign.expect_ok(lambda: _call_gce(i32, backend)), want)
@@ -531,7 +563,11 @@ def _rb_not_a_tensor(d, a):
 
 
 RB_ERRORS = {
-    "buffer-dtype": _rb_set("buffer", lambda d, a: a["buffer"].to(d.draw(st.sampled_from([torch.int32, torch.int64, torch.float16, torch.bfloat16]))), ("buffer", "values")),
+    "buffer-dtype": _rb_set(
+        "buffer",
+        lambda d, a: a["buffer"].to(d.draw(st.sampled_from([torch.int32, torch.int64, torch.float16, torch.bfloat16]))),
+        ("buffer", "values"),
+    ),
     "buffer-dims": _rb_set("buffer", lambda d, a: d.draw(st.sampled_from([a["buffer"].flatten(), a["buffer"][None]]))),
     "buffer-k0": _rb_set("buffer", lambda d, a: a["buffer"][:, :0]),
     "head-dtype": _rb_set("head", lambda d, a: a["head"].to(d.draw(st.sampled_from([torch.int32, torch.float32, torch.uint8])))),
@@ -539,7 +575,9 @@ RB_ERRORS = {
     "head-length": _rb_set("head", lambda d, a: torch.cat([a["head"], a["head"][:1]])),
     "fill-length": _rb_set("fill", lambda d, a: a["fill"][1:]),
     "head-dims": _rb_set("head", lambda d, a: a["head"][None]),
-    "group-dtype": _rb_set("group", lambda d, a: a["group"].to(d.draw(st.sampled_from([torch.float32, torch.int16, torch.bool])))),
+    "group-dtype": _rb_set(
+        "group", lambda d, a: a["group"].to(d.draw(st.sampled_from([torch.float32, torch.int16, torch.bool])))
+    ),
     "group-dims": _rb_set("group", lambda d, a: a["group"][:, None]),
     "group-out-of-range": _rb_entry("group", lambda a: [a["buffer"].shape[0], a["buffer"].shape[0] + 5, -1, -(2**40)]),
     "head-out-of-range": _rb_entry("head", lambda a: [a["buffer"].shape[1], a["buffer"].shape[1] + 2, -1, 2**40]),
@@ -664,6 +702,7 @@ def test_masked_linear_layer_bad_inputs(campaign):
             "0d": torch.tensor(1.0),
         }[kind]
         campaign.expect_error(lambda: m(x), ("x", "weight"))
+
     conv = MaskedConv2d(2, 3, 3)
     campaign.expect_error(lambda: conv(torch.randn(1, 3, 5, 5)), "input")
     campaign.expect_error(lambda: MaskedLinear.from_linear(nn.Conv2d(1, 1, 1)), "linear")
@@ -722,7 +761,9 @@ def test_magnitude_prune_rejects(campaign):
             scope = data.draw(st.sampled_from(["layer", "global"]))
             campaign.expect_error(lambda: magnitude_prune(model, s, scope), "sparsity")
         elif kind == "scope":
-            campaign.expect_error(lambda: magnitude_prune(model, 0.5, data.draw(st.sampled_from(["Layer", "all", None]))), "scope")
+            campaign.expect_error(
+                lambda: magnitude_prune(model, 0.5, data.draw(st.sampled_from(["Layer", "all", None]))), "scope"
+            )
         elif kind == "model":
             bad = data.draw(st.sampled_from([None, 3, torch.randn(3), [nn.Linear(2, 2)]]))
             campaign.expect_error(lambda: magnitude_prune(bad, 0.5), "model")
@@ -730,7 +771,9 @@ def test_magnitude_prune_rejects(campaign):
         elif kind == "no-masked-layers":
             campaign.expect_error(lambda: magnitude_prune(nn.Sequential(nn.Linear(2, 2)), 0.5), "model")
         else:
-            campaign.expect_error(lambda: magnitude_prune(model, 0.5, optimizer=data.draw(st.sampled_from(["sgd", 1, {}]))), "optimizer")
+            campaign.expect_error(
+                lambda: magnitude_prune(model, 0.5, optimizer=data.draw(st.sampled_from(["sgd", 1, {}]))), "optimizer"
+            )
         assert all(torch.equal(m.mask, b) for m, b in zip((m for m in model.modules() if isinstance(m, MaskedLinear)), masks))
 
 
@@ -761,9 +804,21 @@ def test_block_magnitude_mask_rejects(campaign):
             b = data.draw(st.sampled_from([(0, 2), (2, -1), (1, 2, 3), 4, (2.5, 2), (True, 2), "2x2", None]))
             campaign.expect_error(lambda: block_magnitude_mask(w, 0.5, b), "block")
         elif kind == "norm":
-            campaign.expect_error(lambda: block_magnitude_mask(w, 0.5, norm=data.draw(st.sampled_from(["l3", "L2", None]))), "norm")
+            campaign.expect_error(
+                lambda: block_magnitude_mask(w, 0.5, norm=data.draw(st.sampled_from(["l3", "L2", None]))), "norm"
+            )
         else:
-            bad = data.draw(st.sampled_from([torch.randn(4), torch.randn(2, 3, 4), [[1.0]], torch.ones(4, 4, device=META), torch.ones(4, 4, dtype=torch.bool)]))
+            bad = data.draw(
+                st.sampled_from(
+                    [
+                        torch.randn(4),
+                        torch.randn(2, 3, 4),
+                        [[1.0]],
+                        torch.ones(4, 4, device=META),
+                        torch.ones(4, 4, dtype=torch.bool),
+                    ]
+                )
+            )
             campaign.expect_error(lambda: block_magnitude_mask(bad, 0.5, (2, 2)), "weight")
 
 
@@ -908,9 +963,13 @@ def test_evaluate_rejects(backend, campaign):
     @explore(2 * EXAMPLES[backend])
     def _(data):
         model = _Model()
-        kind = data.draw(st.sampled_from(["num_groups", "num_groups-small", "target-range", "group-neg", "target-dtype", "batch"]))
+        kind = data.draw(
+            st.sampled_from(["num_groups", "num_groups-small", "target-range", "group-neg", "target-dtype", "batch"])
+        )
         if kind == "num_groups":
-            campaign.expect_error(lambda: evaluate(model, _loader(), data.draw(st.sampled_from([0, -1, 2.0, None, True]))), "num_groups")
+            campaign.expect_error(
+                lambda: evaluate(model, _loader(), data.draw(st.sampled_from([0, -1, 2.0, None, True]))), "num_groups"
+            )
         elif kind == "num_groups-small":  # num_groups < max(group) + 1
             campaign.expect_error(lambda: evaluate(model, _loader(group=T([0, 1, 2, 0, 1])), 2, backend=backend), "group")
         elif kind == "target-range":
@@ -921,7 +980,9 @@ def test_evaluate_rejects(backend, campaign):
         elif kind == "target-dtype":
             campaign.expect_error(lambda: evaluate(model, _loader(target=torch.zeros(5)), 2, backend=backend), "target")
         else:
-            campaign.expect_error(lambda: evaluate(model, [data.draw(st.sampled_from([(1, 2), [torch.randn(2, 3)], "batch"]))], 2), "loader")
+            campaign.expect_error(
+                lambda: evaluate(model, [data.draw(st.sampled_from([(1, 2), [torch.randn(2, 3)], "batch"]))], 2), "loader"
+            )
         assert model.training  # restored after the error
 
 
@@ -1029,8 +1090,14 @@ STEP_ERRORS = {
     "target-dtype": (lambda d, a: a.update(target=a["target"].float()), "target"),
     "target-length": (lambda d, a: a.update(target=a["target"][:-1]), "target"),
     "group-length": (lambda d, a: a.update(group=torch.cat([a["group"], a["group"]])), "group"),
-    "target-out-of-range": (lambda d, a: a["target"].__setitem__(d.draw(st.integers(0, 5)), d.draw(st.sampled_from([4, -1, 99]))), "target"),
-    "group-out-of-range": (lambda d, a: a["group"].__setitem__(d.draw(st.integers(0, 5)), d.draw(st.sampled_from([3, -1, 2**40]))), "group"),
+    "target-out-of-range": (
+        lambda d, a: a["target"].__setitem__(d.draw(st.integers(0, 5)), d.draw(st.sampled_from([4, -1, 99]))),
+        "target",
+    ),
+    "group-out-of-range": (
+        lambda d, a: a["group"].__setitem__(d.draw(st.integers(0, 5)), d.draw(st.sampled_from([3, -1, 2**40]))),
+        "group",
+    ),
     "device-logits": (lambda d, a: a.update(logits=a["logits"].detach().to(META)), "logits"),
     "device-target": (lambda d, a: a.update(target=a["target"].to(META)), "target"),
 }

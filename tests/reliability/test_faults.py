@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import ceag._io as io_mod
 import ceag.methods
 from ceag.app.cli import main
 from ceag.nn import MaskedLinear
-import ceag._io as io_mod
 from ceag.train import CheckpointError, NonFiniteError, OutputError, TrainConfig, Trainer, epoch_permutation, load_checkpoint
 
 HELPER = Path(__file__).with_name("faults_kill.py")
@@ -44,13 +44,61 @@ RUN = "ceag-s90-seed0"  # the run folder of `ceag run` with the default method a
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL, /proc/self/fd")
 
 # ~60 sparse steps (12 per epoch), checkpoints every 4 steps: one run takes ~2 s after start-up.
-SMALL = ["run", "--dataset", "synthetic", "--groups", "5", "--samples", "600", "--hidden", "16,16",
-         "--dense-epochs", "2", "--pruning-epochs", "2", "--mitigation-epochs", "3", "--batch-size", "50",
-         "--min-count", "5", "--checkpoint-every-steps", "4", "--no-progress", "--no-plots", "--name", "k"]  # fmt: skip
+SMALL = [
+    "run",
+    "--dataset",
+    "synthetic",
+    "--groups",
+    "5",
+    "--samples",
+    "600",
+    "--hidden",
+    "16,16",
+    "--dense-epochs",
+    "2",
+    "--pruning-epochs",
+    "2",
+    "--mitigation-epochs",
+    "3",
+    "--batch-size",
+    "50",
+    "--min-count",
+    "5",
+    "--checkpoint-every-steps",
+    "4",
+    "--no-progress",
+    "--no-plots",
+    "--name",
+    "k",
+]
 # ~260 steps, checkpoints every 5 steps (long campaign).
-LONG = ["run", "--dataset", "synthetic", "--groups", "6", "--samples", "800", "--hidden", "24,24",
-        "--dense-epochs", "3", "--pruning-epochs", "3", "--mitigation-epochs", "5", "--batch-size", "25",
-        "--min-count", "5", "--checkpoint-every-steps", "5", "--no-progress", "--no-plots", "--name", "k"]  # fmt: skip
+LONG = [
+    "run",
+    "--dataset",
+    "synthetic",
+    "--groups",
+    "6",
+    "--samples",
+    "800",
+    "--hidden",
+    "24,24",
+    "--dense-epochs",
+    "3",
+    "--pruning-epochs",
+    "3",
+    "--mitigation-epochs",
+    "5",
+    "--batch-size",
+    "25",
+    "--min-count",
+    "5",
+    "--checkpoint-every-steps",
+    "5",
+    "--no-progress",
+    "--no-plots",
+    "--name",
+    "k",
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,7 +161,9 @@ def _outcome(output: Path) -> tuple[dict[str, str], dict]:
     history["config"].pop("output_dir")
     state = load_checkpoint(run / "last.ckpt")
     state["config"].pop("output_dir")
-    texts = {name: json.dumps(v, sort_keys=True) for name, v in (("metrics", metrics), ("results", results), ("history", history))}
+    texts = {
+        name: json.dumps(v, sort_keys=True) for name, v in (("metrics", metrics), ("results", results), ("history", history))
+    }
     return texts, state
 
 
@@ -135,7 +185,9 @@ def _damage(path: Path, how: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _plan(rng: random.Random, total: int, per_cycle: int, train_secs: float, corrupt: int) -> list[tuple[str, float | None, bool]]:
+def _plan(
+    rng: random.Random, total: int, per_cycle: int, train_secs: float, corrupt: int
+) -> list[tuple[str, float | None, bool]]:
     """One cycle's kills, in the order of the run: (fault, external delay, corrupt last.ckpt first)."""
     plan = [(f"write:dense:{rng.choice(['fsync', 'renamed'])}", None, False)]
     steps = sorted(rng.sample(range(1, total + 1), min(per_cycle, total)))
@@ -214,8 +266,10 @@ def _campaign(tmp_path: Path, argv: list[str], kills: int, per_cycle: int, corru
         assert not leftovers, leftovers
         n["temp files left in .dense-cache (cleaned after 10 min)"] += len(list((out / ".dense-cache").glob("*.tmp")))
     n["seconds"] = round(time.perf_counter() - start)
-    print(f"\nkill campaign: {n['kills']} SIGKILLs, {n['resumes']} resumes, {n['corruptions']} corrupted checkpoints; "
-          f"all {n['cycles']} runs identical to the uninterrupted one\n  " + json.dumps(dict(sorted(n.items())), indent=1))  # fmt: skip
+    print(
+        f"\nkill campaign: {n['kills']} SIGKILLs, {n['resumes']} resumes, {n['corruptions']} corrupted checkpoints; "
+        f"all {n['cycles']} runs identical to the uninterrupted one\n  " + json.dumps(dict(sorted(n.items())), indent=1)
+    )
     return n
 
 
@@ -255,10 +309,22 @@ def _model(d_in: int = 12, seed: int = 0) -> nn.Module:
 
 
 def _config(tmp: Path | None, **kw) -> TrainConfig:
-    base = dict(num_groups=G, method="ceag", tolerance=0.02, dual_lr=0.05, buffer_size=10,
-                method_options={"multiplier_sum_warning": None}, final_sparsity=0.8, pruning_epochs=1,
-                mitigation_epochs=2, lr=0.02, batch_size=50, eval_batch_size=600, progress=False,
-                output_dir=None if tmp is None else str(tmp))  # fmt: skip
+    base = dict(
+        num_groups=G,
+        method="ceag",
+        tolerance=0.02,
+        dual_lr=0.05,
+        buffer_size=10,
+        method_options={"multiplier_sum_warning": None},
+        final_sparsity=0.8,
+        pruning_epochs=1,
+        mitigation_epochs=2,
+        lr=0.02,
+        batch_size=50,
+        eval_batch_size=600,
+        progress=False,
+        output_dir=None if tmp is None else str(tmp),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -402,7 +468,9 @@ def test_nonfinite_multipliers_stop(tmp_path, nan_multipliers):
 
 def test_nonfinite_multipliers_skip_undoes_the_step(tmp_path, nan_multipliers):
     t = Trainer(_config(None, constraints_during_pruning=True, on_nonfinite="skip"), _model(), TensorDataset(*_data()))
-    with pytest.warns(RuntimeWarning, match=r"skipped epoch 0 \(pruning\), step 7 .*: non-finite loss, multipliers and gradients"):
+    with pytest.warns(
+        RuntimeWarning, match=r"skipped epoch 0 \(pruning\), step 7 .*: non-finite loss, multipliers and gradients"
+    ):
         t.fit()
     assert [r["skipped_steps"] for r in t.history] == [1, 0, 0]
     assert bool(t.method.multipliers.isfinite().all()) and t.history[-1]["multiplier_sum"] > 0
@@ -414,9 +482,30 @@ def test_on_nonfinite_is_validated():
         _config(None, on_nonfinite="ignore")
 
 
-TINY = ["--dataset", "synthetic", "--groups", "5", "--samples", "500", "--hidden", "16,16", "--dense-epochs", "1",
-        "--pruning-epochs", "1", "--mitigation-epochs", "1", "--batch-size", "100", "--min-count", "5",
-        "--no-progress", "--no-plots", "--name", "t"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--groups",
+    "5",
+    "--samples",
+    "500",
+    "--hidden",
+    "16,16",
+    "--dense-epochs",
+    "1",
+    "--pruning-epochs",
+    "1",
+    "--mitigation-epochs",
+    "1",
+    "--batch-size",
+    "100",
+    "--min-count",
+    "5",
+    "--no-progress",
+    "--no-plots",
+    "--name",
+    "t",
+]
 
 
 @pytest.fixture
@@ -590,4 +679,3 @@ def test_atomic_write_failure_names_the_file_and_keeps_the_old_one(tmp_path, mon
     assert exc.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
-

@@ -35,10 +35,21 @@ def _run(method: str):
     torch.manual_seed(0)
     model = nn.Sequential(MaskedLinear(20, 32), nn.ReLU(), MaskedLinear(32, 32), nn.ReLU(), nn.Linear(32, 2))
     cfg = TrainConfig(
-        num_groups=G, method=method, tolerance=0.02, dual_lr=0.05, buffer_size=None if method == "ceag_batch" else 10,
+        num_groups=G,
+        method=method,
+        tolerance=0.02,
+        dual_lr=0.05,
+        buffer_size=None if method == "ceag_batch" else 10,
         method_options={} if method == "nft" else {"multiplier_sum_warning": None},
-        dense_epochs=1, dense_lr=0.05, final_sparsity=0.7, pruning_epochs=1, mitigation_epochs=2,
-        lr=0.02, batch_size=100, eval_test=False, progress=False,
+        dense_epochs=1,
+        dense_lr=0.05,
+        final_sparsity=0.7,
+        pruning_epochs=1,
+        mitigation_epochs=2,
+        lr=0.02,
+        batch_size=100,
+        eval_test=False,
+        progress=False,
     )
     t = Trainer(cfg, model, _data())
     t.fit()
@@ -62,8 +73,12 @@ def test_two_gloo_processes_match_one_process(tmp_path, method):
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
-        subprocess.Popen([sys.executable, __file__, str(r), "2", init, str(outs[r]), method], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, __file__, str(r), "2", init, str(outs[r]), method],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for r in range(2)
     ]
     for p in procs:

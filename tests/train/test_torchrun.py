@@ -22,8 +22,26 @@ import torch
 from ceag.train import load_checkpoint, save_checkpoint
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-ARGS = ["--dataset", "synthetic", "--groups", "4", "--samples", "800", "--hidden", "16,16", "--dense-epochs", "1",
-        "--pruning-epochs", "1", "--batch-size", "100", "--min-count", "5", "--no-progress", "--no-plots"]  # fmt: skip
+ARGS = [
+    "--dataset",
+    "synthetic",
+    "--groups",
+    "4",
+    "--samples",
+    "800",
+    "--hidden",
+    "16,16",
+    "--dense-epochs",
+    "1",
+    "--pruning-epochs",
+    "1",
+    "--batch-size",
+    "100",
+    "--min-count",
+    "5",
+    "--no-progress",
+    "--no-plots",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 pytestmark = pytest.mark.skipif(
@@ -34,8 +52,13 @@ pytestmark = pytest.mark.skipif(
 def _torchrun(argv: list[str], port: int, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port), "-m", "ceag", *argv],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True, **kw,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _model(run: Path) -> dict[str, torch.Tensor]:
@@ -77,8 +100,13 @@ def test_two_processes_match_one(tmp_path):
     out, err = job.communicate(timeout=300)
     assert job.returncode == 0, err[-3000:]
     assert out.count("| NFT |") == 1  # rank 0 prints the table, rank 1 nothing
-    single = subprocess.run([sys.executable, "-m", "ceag", *argv, "--output", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, "-m", "ceag", *argv, "--output", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     run = "nft-s90-seed0"
     a, b = _model(tmp_path / "ddp" / "t" / run), _model(tmp_path / "one" / "t" / run)

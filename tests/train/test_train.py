@@ -254,8 +254,18 @@ def test_history_files_and_phase_plumbing(uninterrupted):
     cfg = t.config
     out = Path(cfg.output_dir)
     df = pd.read_csv(out / "history.csv")
-    expected = {"epoch", "phase", "step", "lr", "sparsity", "active", "train_objective", "train_batch_loss",
-                "multiplier_sum", "multiplier_max"}
+    expected = {
+        "epoch",
+        "phase",
+        "step",
+        "lr",
+        "sparsity",
+        "active",
+        "train_objective",
+        "train_batch_loss",
+        "multiplier_sum",
+        "multiplier_max",
+    }
     for split in ("train", "test"):
         expected |= {f"{split}_{k}" for k in ("accuracy", "loss", "accuracy_gap", "psi_pw", "max_psi", "frac_within")}
     assert expected <= set(df.columns)
@@ -304,9 +314,19 @@ def test_nft_vs_ceag_through_trainer():
             opt.step()
     reports = {}
     for name in ("nft", "ceag"):
-        cfg = _config(None, method=name, dense_epochs=0, pruning_epochs=0, mitigation_epochs=20, batch_size=128,
-                      weight_decay=0.0, lr_milestones=(0.75,), buffer_size=20, eval_test=False,
-                      method_options={} if name == "nft" else {"multiplier_sum_warning": None})
+        cfg = _config(
+            None,
+            method=name,
+            dense_epochs=0,
+            pruning_epochs=0,
+            mitigation_epochs=20,
+            batch_size=128,
+            weight_decay=0.0,
+            lr_milestones=(0.75,),
+            buffer_size=20,
+            eval_test=False,
+            method_options={} if name == "nft" else {"multiplier_sum_warning": None},
+        )
         t = Trainer(cfg, copy.deepcopy(model), TensorDataset(x, y, g))
         t.fit()
         reports[name] = t.history[-1]

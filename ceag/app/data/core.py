@@ -21,9 +21,10 @@ import statistics
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import TensorDataset
@@ -172,7 +173,7 @@ class GroupedDataset:
         }
 
     @classmethod
-    def from_payload(cls, p: Mapping[str, Any]) -> "GroupedDataset":
+    def from_payload(cls, p: Mapping[str, Any]) -> GroupedDataset:
         """Inverse of :meth:`to_payload`."""
         return cls(
             name=p["name"],
@@ -336,7 +337,9 @@ def store_cache(folder: Path, path: Path, dataset: GroupedDataset) -> None:
     try:
         write_verified(dataset.to_payload(), path, magic=_CACHE_MAGIC)
     except OutputError as err:
-        warnings.warn(f"the processed-data cache is not written ({err}); the data is rebuilt on every load", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"the processed-data cache is not written ({err}); the data is rebuilt on every load", RuntimeWarning, stacklevel=2
+        )
         return
     for old in folder.glob("processed-*.pt"):
         if old != path:

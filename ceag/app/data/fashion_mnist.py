@@ -71,9 +71,7 @@ def retrieve(work: Path, stage: Path, progress: bool) -> None:
         source = root / PACKAGE_DIR
         missing = [f for f in FILES if not (source / f).is_file()]
         if missing:
-            raise DataFetchError(
-                f"{NAME}: the package {DEB_PACKAGE} lacks {missing}; install it as root with `{INSTALL_HINT}`"
-            )
+            raise DataFetchError(f"{NAME}: the package {DEB_PACKAGE} lacks {missing}; install it as root with `{INSTALL_HINT}`")
     for f, h in FILE_SHA256.items():
         check_sha256(source / f, h, f"{NAME}: {source / f}", NAME)
         shutil.copyfile(source / f, stage / f)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +60,9 @@ def _files(root: Path, what: str) -> tuple[list[str], list[str]]:
     return files, classes
 
 
-def _pixels(root: Path, files: Sequence[str], size: tuple[int, int] | None, grey: bool | None) -> tuple[np.ndarray, tuple[int, int], bool]:
+def _pixels(
+    root: Path, files: Sequence[str], size: tuple[int, int] | None, grey: bool | None
+) -> tuple[np.ndarray, tuple[int, int], bool]:
     from PIL import Image, UnidentifiedImageError
 
     out = []
@@ -92,8 +95,16 @@ def load_images(
     seed: int = 0,
 ) -> GroupedDataset:
     """The image folder at ``path`` as a :class:`GroupedDataset` (see the module docstring)."""
-    check_image_options(path=path, attributes=attributes, groups=groups, test=test, test_fraction=test_fraction,
-                        image_size=image_size, missing_groups=missing_groups, seed=seed)  # fmt: skip
+    check_image_options(
+        path=path,
+        attributes=attributes,
+        groups=groups,
+        test=test,
+        test_fraction=test_fraction,
+        image_size=image_size,
+        missing_groups=missing_groups,
+        seed=seed,
+    )
     root = Path(path)
     files, classes = _files(root, "image folder")
     test_files: list[str] = []
@@ -174,7 +185,9 @@ def load_images(
 def check_image_options(**options: Any) -> None:
     """:func:`load_images`' arguments checked without reading images (UsageError naming one)."""
     allowed = {"path", "attributes", "groups", "test", "test_fraction", "image_size", "missing_groups", "seed"}
-    check_known_and_required("images", options, allowed, ("path", "attributes", "groups"), "--data DIR, --attributes FILE, --groups")
+    check_known_and_required(
+        "images", options, allowed, ("path", "attributes", "groups"), "--data DIR, --attributes FILE, --groups"
+    )
     for name in ("path", "test"):
         p = options.get(name)
         if p is not None and not Path(p).is_dir():

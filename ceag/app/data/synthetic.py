@@ -67,9 +67,7 @@ def group_sizes(total: int, num_groups: int, imbalance: float) -> np.ndarray:
     return sizes
 
 
-def _rows(
-    rng: np.random.Generator, sizes: np.ndarray, codes: np.ndarray, rules: np.ndarray
-) -> TensorDataset:
+def _rows(rng: np.random.Generator, sizes: np.ndarray, codes: np.ndarray, rules: np.ndarray) -> TensorDataset:
     """Rows of one split: groups in the given sizes, code + signal features, sampled labels.
 
     Written in place, a chunk of rows at a time: besides the result (``x`` float32 [N, F],
@@ -145,8 +143,16 @@ def synthetic(
     ``num_features < 2``, ``num_classes < 2``, a negative or non-finite ``minority_effect`` or
     ``imbalance``, or a negative ``seed``.
     """
-    o = check_options(num_groups=num_groups, num_train=num_train, num_test=num_test, num_features=num_features,
-                      num_classes=num_classes, minority_effect=minority_effect, imbalance=imbalance, seed=seed)  # fmt: skip
+    o = check_options(
+        num_groups=num_groups,
+        num_train=num_train,
+        num_test=num_test,
+        num_features=num_features,
+        num_classes=num_classes,
+        minority_effect=minority_effect,
+        imbalance=imbalance,
+        seed=seed,
+    )
     num_groups, num_train, num_test, num_features = o["num_groups"], o["num_train"], o["num_test"], o["num_features"]
     num_classes, minority_effect, imbalance, seed = o["num_classes"], o["minority_effect"], o["imbalance"], o["seed"]
 

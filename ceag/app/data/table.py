@@ -27,9 +27,10 @@ import hashlib
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,7 +133,9 @@ def _group_values(df, columns: Sequence[GroupColumn], missing: str, where: str) 
         if col.bins:
             numeric = pd.to_numeric(values, errors="coerce")
             if (numeric.isna() & ~blank).any():
-                raise UsageError(f"group column {col.name!r} is cut into bands (bins=...) but holds non-numeric values in {where}")
+                raise UsageError(
+                    f"group column {col.name!r} is cut into bands (bins=...) but holds non-numeric values in {where}"
+                )
             labels = _band_labels(col.bins)
             idx = np.searchsorted(np.asarray(col.bins), numeric.to_numpy(dtype=float), side="right")
             text = pd.Series([labels[i] for i in idx], index=df.index)
@@ -177,11 +180,11 @@ def _labels(train, test, label: str, where: tuple[str, str]) -> tuple[np.ndarray
 
 
 def _encoder(train, features: Sequence[str], impute: str):
+    import pandas as pd
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    import pandas as pd
 
     numeric = [f for f in features if pd.api.types.is_numeric_dtype(train[f]) and not pd.api.types.is_bool_dtype(train[f])]
     categorical = [f for f in features if f not in numeric]
@@ -209,8 +212,17 @@ def load_table(
     seed: int = 0,
 ) -> GroupedDataset:
     """The table at ``path`` as a :class:`GroupedDataset` (see the module docstring)."""
-    check_table_options(path=path, label=label, groups=groups, test=test, test_fraction=test_fraction, features=features,
-                        missing_groups=missing_groups, impute=impute, seed=seed)  # fmt: skip
+    check_table_options(
+        path=path,
+        label=label,
+        groups=groups,
+        test=test,
+        test_fraction=test_fraction,
+        features=features,
+        missing_groups=missing_groups,
+        impute=impute,
+        seed=seed,
+    )
     columns = parse_group_columns(groups)
     train_df = _read(path, "data file")
     test_df = _read(test, "test file") if test is not None else None

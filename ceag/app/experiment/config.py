@@ -79,14 +79,18 @@ class ExperimentConfig:
     constrain_min_count: int = same_as(TrainConfig, "constrain_min_count", group=METHODS_GROUP)
     # CEAG's formulation (docs/method.md), for "ceag" and "ceag_batch"; "ceag_paper" is fixed.
     primal: str = option(
-        "positive", group=METHODS_GROUP, choices=PRIMALS,
+        "positive",
+        group=METHODS_GROUP,
+        choices=PRIMALS,
         help="CEAG's primal objective (positive: no negative sample weights; paper: the paper's Lagrangian; "
         "the method ceag_paper is the paper's formulation whatever this says)",
-    )  # fmt: skip
+    )
     multiplier_scale: str = option(
-        "absolute", group=METHODS_GROUP, choices=MULTIPLIER_SCALES,
+        "absolute",
+        group=METHODS_GROUP,
+        choices=MULTIPLIER_SCALES,
         help="CEAG: λ_g as the paper (absolute) or times the group's batch share",
-    )  # fmt: skip
+    )
     margin: float = option(1.0, group=METHODS_GROUP, help="CEAG's dual step aims at ψ_g ≤ (1 - margin) ε (0: the paper)")
     dual_optimizer: str = same_as(TrainConfig, "dual_optimizer", group=METHODS_GROUP, choices=DUAL_OPTIMIZERS, passed_on=False)
     dual_kp: float = option(0.0, group=METHODS_GROUP, help="PI proportional gain K_P")
@@ -123,7 +127,7 @@ class ExperimentConfig:
         self.method_options = dict(self.method_options)
         self.validate()
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Raise ValueError / TypeError naming the first bad field."""
         if self.dataset not in (*datasets.DATASETS, datasets.TABLE, datasets.IMAGES):
             raise ValueError(f"dataset must be one of {', '.join(datasets.DATASETS)}, table or images; got {self.dataset!r}")
@@ -186,7 +190,9 @@ class ExperimentConfig:
         if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name or "\0" in self.name):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
         if self.name is not None and self.name.startswith("."):
-            raise ValueError(f"name must not start with '.' (reserved for ceag's own folders, such as {DENSE_CACHE}); got {self.name!r}")
+            raise ValueError(
+                f"name must not start with '.' (reserved for ceag's own folders, such as {DENSE_CACHE}); got {self.name!r}"
+            )
         # Every sparse-phase field and method option is checked by TrainConfig itself.
         for method in self.methods:
             self.train_config(method, self.sparsities[0], self.seeds[0], num_groups=1)
@@ -204,7 +210,9 @@ class ExperimentConfig:
             "percent, mean ± std over seeds; **bold** max ψ: within ε."
         )
 
-    def train_config(self, method: str, sparsity: float, seed: int, *, num_groups: int, output_dir: str | None = None) -> TrainConfig:
+    def train_config(
+        self, method: str, sparsity: float, seed: int, *, num_groups: int, output_dir: str | None = None
+    ) -> TrainConfig:
         """The :class:`TrainConfig` of one run of the grid: the fields declared ``same_as``
         TrainConfig's, and those of this run."""
         return TrainConfig(
@@ -242,7 +250,7 @@ class ExperimentConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:

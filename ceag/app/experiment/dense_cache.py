@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -74,8 +74,12 @@ def dense_model(
         model.load_state_dict(load_checkpoint(cache)["model"])
         return model
     # One trainer per cache entry: a second process with the same key waits, then reads it.
-    with lock(cache.with_suffix(".lock"), what=f"dense-cache entry {cache}", wait=True,
-              on_wait=lambda pid: log(f"dense model (seed {seed}): waiting for PID {pid}, which is training it")):  # fmt: skip
+    with lock(
+        cache.with_suffix(".lock"),
+        what=f"dense-cache entry {cache}",
+        wait=True,
+        on_wait=lambda pid: log(f"dense model (seed {seed}): waiting for PID {pid}, which is training it"),
+    ):
         model = _cached_or_trained_dense_model(cfg, data, seed, cache, log)
     barrier()
     return model
@@ -102,10 +106,20 @@ def _cached_or_trained_dense_model(
     start = time.perf_counter()
     x, y, _ = data.train.tensors
     skipped = fit_dense(
-        model, x, y, epochs=cfg.dense_epochs, batch_size=cfg.batch_size, seed=seed, optimizer=cfg.dense_optimizer,
-        lr=cfg.dense_lr, weight_decay=cfg.weight_decay, device=cfg.device, on_nonfinite=cfg.on_nonfinite,
-        show_progress=cfg.progress, log=log,
-    )  # fmt: skip
+        model,
+        x,
+        y,
+        epochs=cfg.dense_epochs,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        optimizer=cfg.dense_optimizer,
+        lr=cfg.dense_lr,
+        weight_decay=cfg.weight_decay,
+        device=cfg.device,
+        on_nonfinite=cfg.on_nonfinite,
+        show_progress=cfg.progress,
+        log=log,
+    )
     model.cpu()
     save_checkpoint({"model": model.state_dict(), "key": cache.stem}, cache)
     log(

@@ -6,9 +6,10 @@ import dataclasses
 import json
 import math
 import statistics
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ceag.app.experiment.config import METHOD_LABELS, ExperimentConfig, sparsity_label
 
@@ -45,7 +46,7 @@ class RunResult:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunResult":
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
         if not isinstance(d, dict):
             raise TypeError(f"expected a JSON object, got {type(d).__name__}")
         d = dict(d)
@@ -125,7 +126,6 @@ class ExperimentResult:
             "runs": [r.to_dict() for r in self.runs],
             "plots": [str(p) for p in self.plots],
         }
-
 
 
 def _json_chunks(obj: Any, indent: int | None = None, size: int = 1 << 20) -> Iterator[bytes]:

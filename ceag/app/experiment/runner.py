@@ -7,8 +7,9 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -257,8 +258,10 @@ def _run_experiment(
     counts = torch.bincount(data.train.tensors[2], minlength=data.num_groups)
     small = int(((counts > 0) & (counts < cfg.min_count)).sum())
     if small:
-        log(f"reports: {small} of {int((counts > 0).sum())} groups have fewer than {cfg.min_count} training samples "
-            f"and are left out of ψ (one sample moves their ψ_g by more than {100 / cfg.min_count:.1f} points; --min-count)")  # fmt: skip
+        log(
+            f"reports: {small} of {int((counts > 0).sum())} groups have fewer than {cfg.min_count} training samples "
+            f"and are left out of ψ (one sample moves their ψ_g by more than {100 / cfg.min_count:.1f} points; --min-count)"
+        )
     note = resolution_note(counts, cfg.tolerance, cfg.min_count)
     if note:
         log(note)
@@ -268,14 +271,24 @@ def _run_experiment(
         for sparsity in cfg.sparsities:
             for method in cfg.methods:
                 # Rank 0 decides (it may move a bad metrics.json aside); every rank follows.
-                r = broadcast_from_main(_read_metrics(out / run_dir_name(method, sparsity, seed) / "metrics.json", log) if main else None)
+                r = broadcast_from_main(
+                    _read_metrics(out / run_dir_name(method, sparsity, seed) / "metrics.json", log) if main else None
+                )
                 done = r is not None
                 if dense is None and not done:
                     dense = dense_model(cfg, data, seed, log=log)
                 start = time.perf_counter()
                 if r is None:
-                    r = run_one(cfg, data, dense, method, sparsity, seed,  # type: ignore[arg-type]
-                                log=log, on_epoch_end=on_epoch_end)  # fmt: skip
+                    r = run_one(
+                        cfg,
+                        data,
+                        dense,
+                        method,
+                        sparsity,
+                        seed,  # type: ignore[arg-type]
+                        log=log,
+                        on_epoch_end=on_epoch_end,
+                    )
                 runs.append(r)
                 tr, te = r.summary["train"], r.summary["test"]
                 log(
@@ -304,7 +317,6 @@ def _run_experiment(
     return result
 
 
-
 def write_plots(result: ExperimentResult) -> list[Path]:
     """The paper's figures for this experiment, under ``output_dir/plots``."""
     from ceag.app import plots
@@ -325,11 +337,14 @@ def write_plots(result: ExperimentResult) -> list[Path]:
                     psi[label(m)] = per_seed.nanmean(0)  # mean over seeds (NaN: excluded everywhere)
             counts = next(r.count[split] for r in runs)
             written.append(
-                plots.group_gap_bars(psi, eps, folder / f"group_psi-{split}-{tag}.png",
-                                     group_names=result.group_names, counts=counts, split=split)
-            )  # fmt: skip
+                plots.group_gap_bars(
+                    psi, eps, folder / f"group_psi-{split}-{tag}.png", group_names=result.group_names, counts=counts, split=split
+                )
+            )
             histories = {label(m): [r.history for r in runs if r.method == m] for m in cfg.methods}
-            written.append(plots.disparity_over_training(histories, eps, folder / f"psi_over_training-{split}-{tag}.png", split=split))
+            written.append(
+                plots.disparity_over_training(histories, eps, folder / f"psi_over_training-{split}-{tag}.png", split=split)
+            )
         for m in cfg.methods:
             first = next((r for r in runs if r.method == m), None)
             if first is None or not METHODS[m].constrained:
@@ -338,11 +353,13 @@ def write_plots(result: ExperimentResult) -> list[Path]:
             if rows:
                 written.append(
                     plots.multiplier_trajectories(
-                        [h["multipliers"] for h in rows], folder / f"multipliers-{m}-{tag}.png",
-                        epochs=[h["epoch"] for h in rows], group_names=result.group_names,
+                        [h["multipliers"] for h in rows],
+                        folder / f"multipliers-{m}-{tag}.png",
+                        epochs=[h["epoch"] for h in rows],
+                        group_names=result.group_names,
                         title=f"{label(m)} multipliers, sparsity {sparsity:.0%}, seed {first.seed}",
                     )
-                )  # fmt: skip
+                )
     if len(cfg.sparsities) > 1:
         for split in ("train", "test"):
             points = [

@@ -38,7 +38,7 @@ _EXTRA_MARKERS = ("P", "X", "*", "h", "<", ">", "p", "d")
 
 
 def _method_key(name: str) -> str:
-    """"EL+RB", "el_rb", "EL-RB" -> "el_rb"; "CEAG (batch)" -> "ceag_batch"."""
+    """ "EL+RB", "el_rb", "EL-RB" -> "el_rb"; "CEAG (batch)" -> "ceag_batch"."""
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
@@ -182,7 +182,7 @@ def _short(name: str, width: int = 18) -> str:
     """At most ``width`` characters, shortened in the middle (the ends tell groups apart)."""
     if len(name) > width:
         head = (width - 1) // 2
-        name = name[:head] + "…" + name[len(name) - (width - 1 - head):]
+        name = name[:head] + "…" + name[len(name) - (width - 1 - head) :]
     return _escape(name)
 
 
@@ -199,7 +199,7 @@ def _fmt_int(n: int) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> "Figure":
+def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -208,11 +208,11 @@ def _new_figure(width: float, height: float) -> "Figure":
     return fig
 
 
-def _epsilon_line(ax: "Axes", tol: float) -> None:
+def _epsilon_line(ax: Axes, tol: float) -> None:
     ax.axhline(tol * PP, color="black", linestyle="--", linewidth=1.2, label=_tol_label(tol), zorder=3)
 
 
-def _include_epsilon(ax: "Axes", tol: float) -> None:
+def _include_epsilon(ax: Axes, tol: float) -> None:
     """Widen the y range, after the data are drawn, so that the ε line is never on the frame."""
     lo, hi = ax.get_ylim()
     pad = 0.06 * max(hi - lo, tol * PP, 1e-6)
@@ -220,7 +220,7 @@ def _include_epsilon(ax: "Axes", tol: float) -> None:
     ax.set_ylim(min(lo, y - pad), max(hi, y + pad))
 
 
-def _figure_legend(fig: "Figure", axes: Sequence["Axes"], *, max_cols: int) -> None:
+def _figure_legend(fig: Figure, axes: Sequence[Axes], *, max_cols: int) -> None:
     """One legend below the figure for the entries of ``axes``, each label once."""
     handles, labels = [], []
     for ax in axes:
@@ -231,11 +231,11 @@ def _figure_legend(fig: "Figure", axes: Sequence["Axes"], *, max_cols: int) -> N
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), max_cols), fontsize=8, frameon=False)
 
 
-def _no_data(ax: "Axes", text: str = "no finite values to plot") -> None:
+def _no_data(ax: Axes, text: str = "no finite values to plot") -> None:
     ax.text(0.5, 0.75, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def _save_figure(fig: "Figure", path: Path) -> Path:
+def _save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG to ``path`` atomically (:func:`ceag._io.atomic_write`)."""
     buf = io.BytesIO()
     try:

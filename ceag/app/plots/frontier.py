@@ -32,7 +32,7 @@ _REQUIRED_POINT_KEYS = ("method", "sparsity", "accuracy", "max_psi", "psi_pw")
 _OFFSETS = ((5, 5), (5, -11), (-24, 5), (-24, -11))
 
 
-def _tradeoff_figure(points: Sequence[Mapping], tolerance: float, *, split: str) -> "Figure":
+def _tradeoff_figure(points: Sequence[Mapping], tolerance: float, *, split: str) -> Figure:
     if isinstance(points, (str, bytes, Mapping)) or not isinstance(points, Sequence):
         raise TypeError(f"points must be a sequence of mappings, got {type(points).__name__}")
     if len(points) == 0:
@@ -84,15 +84,29 @@ def _tradeoff_figure(points: Sequence[Mapping], tolerance: float, *, split: str)
                 return None if not np.isfinite(e).any() else np.nan_to_num(e, nan=0.0)
 
             ax.errorbar(
-                acc, val, xerr=err("accuracy_std"), yerr=err(f"{key}_std"),
-                color=st["color"], marker=st["marker"], markersize=6, linewidth=1.5,
-                elinewidth=0.9, capsize=2.5, label=st["label"], zorder=3,
+                acc,
+                val,
+                xerr=err("accuracy_std"),
+                yerr=err(f"{key}_std"),
+                color=st["color"],
+                marker=st["marker"],
+                markersize=6,
+                linewidth=1.5,
+                elinewidth=0.9,
+                capsize=2.5,
+                label=st["label"],
+                zorder=3,
             )
             dx, dy = _OFFSETS[j % len(_OFFSETS)]
             for a, v, r in zip(acc, val, keep):
                 ax.annotate(
-                    f"{round(r['sparsity'] * 100, 1):g}%", (a, v), xytext=(dx, dy), textcoords="offset points",
-                    fontsize=7, color=st["color"], zorder=4,
+                    f"{round(r['sparsity'] * 100, 1):g}%",
+                    (a, v),
+                    xytext=(dx, dy),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=st["color"],
+                    zorder=4,
                 )
     _epsilon_line(ax_max, tol)
     ax_max.set_title(r"worst group: $\mathrm{max}_g\,\psi_g$", fontsize=10)

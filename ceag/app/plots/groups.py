@@ -43,7 +43,7 @@ def _group_gap_figure(
     split: str,
     max_bars: int,
     order: str,
-) -> "Figure":
+) -> Figure:
     if not isinstance(psi_by_method, Mapping):
         raise TypeError(f"psi_by_method must be a mapping method -> ψ_g, got {type(psi_by_method).__name__}")
     if len(psi_by_method) == 0:
@@ -63,9 +63,7 @@ def _group_gap_figure(
         raise ValueError(f"psi_by_method[{methods[0]!r}] is empty: need ψ_g for at least one group")
     for m, a in zip(methods, arrays):
         if a.shape[0] != G:
-            raise ValueError(
-                f"psi_by_method[{m!r}] has {a.shape[0]} groups but psi_by_method[{methods[0]!r}] has {G}"
-            )
+            raise ValueError(f"psi_by_method[{m!r}] has {a.shape[0]} groups but psi_by_method[{methods[0]!r}] has {G}")
     names = _check_names(group_names, G)
     cnt = None
     if counts is not None:
@@ -163,7 +161,7 @@ def _group_gap_figure(
     labels_len = max((len(tick(int(g))) for g in shown), default=1)
     rotate = n > 1 and (labels_len * n > 60)
     ax.tick_params(axis="x", labelsize=8 if n <= 30 else 6.5, labelrotation=90 if rotate else 0, length=2)
-    ax.set_xlabel("group" + (" (every {}th shown)".format(step) if step > 1 else "") + (" (n = samples)" if cnt is not None else ""))
+    ax.set_xlabel("group" + (f" (every {step}th shown)" if step > 1 else "") + (" (n = samples)" if cnt is not None else ""))
     ax.legend(loc="upper right" if order == "psi" else "best", fontsize=8, framealpha=0.9)
 
     if ax_all is not None:
@@ -184,7 +182,7 @@ def _group_gap_figure(
 
 
 def group_gap_bars(
-    psi_by_method: Mapping[str, "Sequence[float] | np.ndarray | torch.Tensor"],
+    psi_by_method: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor],
     tolerance: float,
     path: str | os.PathLike,
     *,

@@ -49,7 +49,7 @@ def _aggregate(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, lo, hi
 
 
-def _training_figure(histories: Mapping[str, Any], tolerance: float, *, split: str) -> "Figure":
+def _training_figure(histories: Mapping[str, Any], tolerance: float, *, split: str) -> Figure:
     if not isinstance(histories, Mapping):
         raise TypeError(f"histories must be a mapping method -> list of runs, got {type(histories).__name__}")
     if len(histories) == 0:
@@ -118,15 +118,23 @@ def _training_figure(histories: Mapping[str, Any], tolerance: float, *, split: s
             any_finite = any_finite or bool(np.isfinite(mean).any())
             few = np.isfinite(mean).sum() <= 40
             ax.plot(
-                epochs, mean, color=st["color"], linewidth=1.6, label=label,
-                marker=st["marker"] if few else None, markersize=3.5, zorder=3,
+                epochs,
+                mean,
+                color=st["color"],
+                linewidth=1.6,
+                label=label,
+                marker=st["marker"] if few else None,
+                markersize=3.5,
+                zorder=3,
             )
             if n_runs > 1:
                 ax.fill_between(epochs, lo, hi, where=np.isfinite(lo), color=st["color"], alpha=0.18, linewidth=0, zorder=2)
 
     for e, who in sorted(starts.items()):
         same_for_all = len(starts) == 1
-        label = f"mitigation starts (epoch {e:g})" + ("" if same_for_all else f": {', '.join(sorted({styles[w]['label'] for w in who}))}")
+        label = f"mitigation starts (epoch {e:g})" + (
+            "" if same_for_all else f": {', '.join(sorted({styles[w]['label'] for w in who}))}"
+        )
         for ax in (ax_pw, ax_max):
             ax.axvline(e - 0.5, color="0.35", linestyle=":", linewidth=1.3, label=label, zorder=1)
     _epsilon_line(ax_max, tol)
@@ -205,7 +213,7 @@ def _multiplier_figure(
     group_names: Sequence[str] | None,
     top_k: int,
     title: str | None,
-) -> "Figure":
+) -> Figure:
     lam = _as_float_array(multipliers, "multipliers", 2)
     E, G = lam.shape
     if E == 0 or G == 0:
@@ -247,10 +255,26 @@ def _multiplier_figure(
         else:
             q = _band(lam[:, rest], (0.0, 0.1, 0.5, 0.9, 1.0))
             n_rest = _fmt_int(len(rest))
-            ax.fill_between(x, q[0], q[4], where=np.isfinite(q[0]), color="0.88", linewidth=0, zorder=1,
-                            label=f"other {n_rest} groups: min–max")
-            ax.fill_between(x, q[1], q[3], where=np.isfinite(q[1]), color="0.72", linewidth=0, zorder=1,
-                            label=f"other {n_rest} groups: 10–90%")
+            ax.fill_between(
+                x,
+                q[0],
+                q[4],
+                where=np.isfinite(q[0]),
+                color="0.88",
+                linewidth=0,
+                zorder=1,
+                label=f"other {n_rest} groups: min–max",
+            )
+            ax.fill_between(
+                x,
+                q[1],
+                q[3],
+                where=np.isfinite(q[1]),
+                color="0.72",
+                linewidth=0,
+                zorder=1,
+                label=f"other {n_rest} groups: 10–90%",
+            )
             ax.plot(x, q[2], color="0.35", linewidth=1.0, linestyle="--", zorder=2, label=f"other {n_rest} groups: median")
     from matplotlib import colormaps
 
@@ -260,9 +284,14 @@ def _multiplier_figure(
     for i, g in enumerate(top):
         name = _short(names[g], 24) if names is not None else f"group {g}"
         ax.plot(
-            x, lam[:, g], color=cmap(i % n_colours), linewidth=1.6,
+            x,
+            lam[:, g],
+            color=cmap(i % n_colours),
+            linewidth=1.6,
             linestyle=linestyles[(i // n_colours) % len(linestyles)],
-            marker="o" if few else None, markersize=2.5, zorder=3,
+            marker="o" if few else None,
+            markersize=2.5,
+            zorder=3,
             label=f"{name} (final " + r"$\lambda$" + f" = {final[g]:.3g})",
         )
     if len(idx) == 0:
@@ -282,7 +311,10 @@ def _multiplier_figure(
         elif len(top) >= len(idx):
             title = "Lagrange multipliers over training: " + ("the only group" if len(idx) == 1 else f"all {n_groups} groups")
         else:
-            title = f"Lagrange multipliers over training: the {len(top)} of {n_groups} groups with the largest final " + r"$\lambda_g$"
+            title = (
+                f"Lagrange multipliers over training: the {len(top)} of {n_groups} groups with the largest final "
+                + r"$\lambda_g$"
+            )
             if len(rest) > MAX_GREY_LINES:
                 title += ",\nthe others as quantile bands"
     ax.set_title(title, fontsize=10)
@@ -294,7 +326,7 @@ def _multiplier_figure(
 
 
 def multiplier_trajectories(
-    multipliers: "np.ndarray | torch.Tensor | Sequence[Sequence[float]]",
+    multipliers: np.ndarray | torch.Tensor | Sequence[Sequence[float]],
     path: str | os.PathLike,
     *,
     epochs: Sequence[int] | None = None,

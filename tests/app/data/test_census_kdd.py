@@ -67,7 +67,9 @@ def test_numeric_standardized_and_unseen_categories_zero(census):
     # migration columns that are "?" in every row (empty vocabulary).
     onehot = x[:, n:]
     missing_everywhere = 4  # columns 25, 26, 27, 29 are "?" in all fake rows
-    assert onehot.sum(1).tolist() == [cats - missing_everywhere] * 3 + [cats - missing_everywhere - 1] + [cats - missing_everywhere]
+    assert onehot.sum(1).tolist() == [cats - missing_everywhere] * 3 + [cats - missing_everywhere - 1] + [
+        cats - missing_everywhere
+    ]
     # Test row 0: class of worker "Never seen", race "Amer Indian Aleut or Eskimo" and
     # Hispanic origin "Do not know" are all unseen in train: three all-zero blocks.
     assert x_te[:, n:].sum(1).tolist() == [cats - missing_everywhere - 3, cats - missing_everywhere]

@@ -96,7 +96,14 @@ def test_summary():
         ({"num_groups": 2, "group_names": ("a", "b")}, ValueError),  # group id 2 out of range
         ({"input_shape": (4,)}, ValueError),
         ({"train": TensorDataset(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))}, ValueError),
-        ({"train": TensorDataset(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))}, TypeError),
+        (
+            {
+                "train": TensorDataset(
+                    torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+                )
+            },
+            TypeError,
+        ),
         ({"test": TensorDataset(torch.zeros(1, 3), torch.tensor([2]), torch.tensor([0]))}, ValueError),
     ],
 )

@@ -89,9 +89,35 @@ def test_bad_folders_and_images(folder, tmp_path):
 
 def test_cli_runs_an_image_folder(folder, tmp_path, capsys):
     root, attrs = folder
-    argv = ["compare", "--data", str(root), "--attributes", str(attrs), "--groups", "tone", "--methods", "nft,ceag",
-            "--seeds", "0", "--hidden", "16", "--dense-epochs", "1", "--pruning-epochs", "1", "--mitigation-epochs", "1",
-            "--batch-size", "8", "--min-count", "2", "--no-progress", "--no-plots", "--output", str(tmp_path / "runs")]  # fmt: skip
+    argv = [
+        "compare",
+        "--data",
+        str(root),
+        "--attributes",
+        str(attrs),
+        "--groups",
+        "tone",
+        "--methods",
+        "nft,ceag",
+        "--seeds",
+        "0",
+        "--hidden",
+        "16",
+        "--dense-epochs",
+        "1",
+        "--pruning-epochs",
+        "1",
+        "--mitigation-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--min-count",
+        "2",
+        "--no-progress",
+        "--no-plots",
+        "--output",
+        str(tmp_path / "runs"),
+    ]
     assert main(argv) == 0
     assert "| CEAG |" in capsys.readouterr().out
     assert (tmp_path / "runs" / "photos-nft-ceag-s90" / "results.md").exists()

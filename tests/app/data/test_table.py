@@ -15,13 +15,15 @@ from ceag.errors import UsageError
 
 def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "race": rng.choice(["Black", "White", "Asian"], n, p=[0.3, 0.6, 0.1]),
-        "sex": rng.choice(["Female", "Male"], n),
-        "age": rng.integers(18, 80, n),
-        "hours": rng.normal(40, 10, n).round(1),
-        "job": rng.choice(["a", "b", "c", "d"], n),
-    })  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "race": rng.choice(["Black", "White", "Asian"], n, p=[0.3, 0.6, 0.1]),
+            "sex": rng.choice(["Female", "Male"], n),
+            "age": rng.integers(18, 80, n),
+            "hours": rng.normal(40, 10, n).round(1),
+            "job": rng.choice(["a", "b", "c", "d"], n),
+        }
+    )
     df["approved"] = np.where(df["hours"] + rng.normal(0, 5, n) > 40, "yes", "no")
     return df
 
@@ -35,7 +37,10 @@ def table(tmp_path):
 
 def test_group_column_spec():
     assert parse_group_columns("race,sex,age:bins=25,45,65") == (
-        GroupColumn("race"), GroupColumn("sex"), GroupColumn("age", (25.0, 45.0, 65.0)))  # fmt: skip
+        GroupColumn("race"),
+        GroupColumn("sex"),
+        GroupColumn("age", (25.0, 45.0, 65.0)),
+    )
     for bad in ["", "age:bins=x", "age:bin=3", "age:bins=5,3", "race,race"]:
         with pytest.raises(UsageError, match="groups"):
             parse_group_columns(bad)
@@ -151,9 +156,33 @@ def test_missing_file_and_too_many_groups(tmp_path):
 
 
 def test_cli_runs_your_table(tmp_path, table, capsys):
-    argv = ["compare", "--data", str(table), "--label", "approved", "--groups", "race,sex", "--methods", "nft,ceag",
-            "--seeds", "0", "--hidden", "16", "--dense-epochs", "1", "--pruning-epochs", "1", "--mitigation-epochs", "1",
-            "--min-count", "5", "--no-progress", "--no-plots", "--output", str(tmp_path / "runs")]  # fmt: skip
+    argv = [
+        "compare",
+        "--data",
+        str(table),
+        "--label",
+        "approved",
+        "--groups",
+        "race,sex",
+        "--methods",
+        "nft,ceag",
+        "--seeds",
+        "0",
+        "--hidden",
+        "16",
+        "--dense-epochs",
+        "1",
+        "--pruning-epochs",
+        "1",
+        "--mitigation-epochs",
+        "1",
+        "--min-count",
+        "5",
+        "--no-progress",
+        "--no-plots",
+        "--output",
+        str(tmp_path / "runs"),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| NFT |" in out and "| CEAG |" in out
