@@ -104,12 +104,12 @@ def test_bad_arguments_exit_2_with_one_clear_line(argv, message, capsys, tmp_pat
 
 
 def test_fault_options(tmp_path, capsys):
-    from ceag.app.cli import _config
+    from ceag.app.cli.flags import experiment_config
 
     args = build_parser().parse_args(["run", "--checkpoint-every-steps", "5", "--on-nonfinite", "skip"])
-    cfg = _config(args, "run")
+    cfg = experiment_config(args, "run")
     assert (cfg.checkpoint_every_steps, cfg.on_nonfinite) == (5, "skip")
-    assert _config(build_parser().parse_args(["run"]), "run").on_nonfinite == "stop"
+    assert experiment_config(build_parser().parse_args(["run"]), "run").on_nonfinite == "stop"
     with pytest.raises(SystemExit) as exc:
         main(["run", "--on-nonfinite", "ignore"])
     assert exc.value.code == 2 and "--on-nonfinite" in capsys.readouterr().err

@@ -242,7 +242,7 @@ def test_concurrent_cli_runs_on_one_name_and_sigterm(tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "ceag.app.cli",
+        "ceag",
         "run",
         *TINY,
         "--mitigation-epochs",
