@@ -28,6 +28,21 @@ TORCH_LIBRARY(ceag, m) {
       "masked_linear_grad_weight(Tensor grad_y, Tensor x, Tensor mask, "
       "Tensor? csr_ptr, Tensor? csr_idx) -> Tensor");
 
+  // Compact masked linear: only the kept weights are stored, values [nnz] in CSR order (row_ptr
+  // [N+1], col_idx [nnz], int32); y = x @ W.T + bias for x [B, K]. The CPU kernels are
+  // O(nnz * B) and never build W; other devices run the Python reference. The CSC arrays
+  // (col_ptr [K+1], row_idx, csc_to_csr) give K and ride along for autograd's grad_input.
+  m.def(
+      "compact_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, Tensor col_ptr, "
+      "Tensor row_idx, Tensor csc_to_csr, Tensor? bias) -> Tensor");
+  // grad_x = grad_y @ W, by input column: col_ptr [K+1] / row_idx [nnz] (CSC) and csc_to_csr
+  // [nnz], the position in values of each CSC entry.
+  m.def(
+      "compact_linear_grad_input(Tensor grad_y, Tensor values, Tensor col_ptr, Tensor row_idx, "
+      "Tensor csc_to_csr) -> Tensor");
+  // grad_values[p] = sum_b grad_y[b, row(p)] * x[b, col_idx[p]]: nnz-sized.
+  m.def("compact_linear_grad_values(Tensor grad_y, Tensor x, Tensor row_ptr, Tensor col_idx) -> Tensor");
+
   // One pass over logits [N, C]: per-group loss sums, correct and count (int64), per-sample
   // correctness (bool) and the row logsumexp (saved for backward). Loss sums and logsumexp
   // are float32, or float64 for float64 logits (gradcheck).

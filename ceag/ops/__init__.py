@@ -8,14 +8,17 @@ autograd) and every public op routes through :func:`ceag.ops._registry.dispatch`
 
 from ceag.ops import reference
 from ceag.ops._backend import BACKENDS, resolve_backend
+from ceag.ops.compact_linear import CompactLayout, compact_linear
 from ceag.ops.group_cross_entropy import GroupCrossEntropy, group_cross_entropy
 from ceag.ops.masked_linear import MaskLayout, masked_linear
 from ceag.ops.replay_buffer import replay_buffer_update
 
 __all__ = [
     "BACKENDS",
+    "CompactLayout",
     "GroupCrossEntropy",
     "MaskLayout",
+    "compact_linear",
     "group_cross_entropy",
     "masked_linear",
     "reference",

@@ -36,21 +36,23 @@ class OpFamily:
 
     name: str
     compiled: tuple[str, ...]  # names in torch.ops.ceag, defined by ceag._C
-    triton: tuple[str, ...]  # the same ops from ``triton_module`` (same schemas)
+    triton: tuple[str, ...]  # the same ops from ``triton_module`` (same schemas); () for none
     triton_module: str  # importing it defines the Triton ops (ceag/kernels/)
     reference: Callable[..., Any]  # ceag.ops.reference: the spec every backend is tested against
     fake: tuple[Callable[..., Any], ...]  # fake (meta) kernel of each op
     autograd: Callable[..., None] | None = None  # autograd(*ops): registers the backward
 
     def __post_init__(self):
-        if not len(self.compiled) == len(self.triton) == len(self.fake) > 0:
-            raise ValueError(f"{self.name}: compiled, triton and fake must name the same ops")
+        if not len(self.compiled) == len(self.fake) > 0 or len(self.triton) not in (0, len(self.compiled)):
+            raise ValueError(f"{self.name}: compiled, triton (if any) and fake must name the same ops")
 
     def ops(self, backend: str) -> tuple[OpOverload, ...]:
         """The ops of ``backend`` ("cpp" and "cuda" share the compiled ones), registered."""
         if backend not in ("cpp", "cuda", "triton"):
             raise ValueError(f"{self.name}: backend {backend!r} has no ops (the reference is a function)")
         kind = "triton" if backend == "triton" else "compiled"
+        if kind == "triton" and not self.triton:
+            raise ValueError(f"{self.name} has no Triton kernels; use backend='reference' on this device")
         _load_ops(self.name, kind)
         return _OPS[(self.name, kind)]
 

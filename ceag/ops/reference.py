@@ -18,6 +18,27 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bia
     return F.linear(x, torch.where(mask, weight, 0), bias)
 
 
+def compact_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    in_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x @ W.T + bias for x [B, K], where W [N, K] holds ``values`` [nnz] at the CSR positions
+    (row n: columns ``col_idx[row_ptr[n]:row_ptr[n+1]]``) and zeros elsewhere. Gather and
+    index_add: O(nnz * B) memory, no dense W. Sums in float32 for 16-bit inputs (as the kernels)."""
+    if x.shape[1] != in_features:
+        raise ValueError(f"x must have in_features = {in_features} columns, got shape {tuple(x.shape)}")
+    n = row_ptr.numel() - 1
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rows = torch.repeat_interleave(torch.arange(n, device=x.device), (row_ptr[1:] - row_ptr[:-1]).long())
+    terms = x.to(acc)[:, col_idx.long()] * values.to(acc)  # [B, nnz]; gradients summed in acc too
+    y = torch.zeros(x.shape[0], n, dtype=acc, device=x.device).index_add(1, rows, terms)
+    return (y if bias is None else y + bias.to(acc)).to(x.dtype)
+
+
 def group_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,

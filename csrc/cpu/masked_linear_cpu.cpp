@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "sparse.h"
 
 #include <algorithm>
 #include <atomic>
@@ -29,38 +30,11 @@
 namespace ceag {
 namespace {
 
-constexpr int64_t kVB = 64;      // batch columns per tile: 64 fp32 accumulators = 4 zmm
-constexpr int64_t kRowTile = 16;  // output rows per tile: 16 fp32 = one cache line per batch row
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// [B, R] -> [R, Bp] in the accumulation dtype, columns B..Bp zero.
-at::Tensor transpose_padded(const at::Tensor& a, at::ScalarType acc_type, int64_t Bp) {
-  const int64_t B = a.size(0), R = a.size(1);
-  at::Tensor out = at::empty({R, Bp}, a.options().dtype(acc_type));
-  if (Bp > B) out.narrow(1, B, Bp - B).zero_();
-  if (B > 0 && R > 0) out.narrow(1, 0, B).copy_(a.t());
-  return out;
-}
-
-void check_layout(const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
-                  const at::Tensor& idx, int64_t rows) {
-  TORCH_CHECK(ptr.device().is_cpu() && idx.device().is_cpu(), ptr_name, " and ", idx_name,
-              " must be CPU tensors");
-  TORCH_CHECK(ptr.scalar_type() == at::kInt, ptr_name, " must be int32, got ", ptr.scalar_type());
-  TORCH_CHECK(idx.scalar_type() == at::kInt, idx_name, " must be int32, got ", idx.scalar_type());
-  TORCH_CHECK(ptr.dim() == 1 && ptr.size(0) == rows + 1, ptr_name, " must have shape [", rows + 1,
-              "], got ", ptr.sizes());
-  TORCH_CHECK(idx.dim() == 1, idx_name, " must be 1-D, got ", idx.sizes());
-  TORCH_CHECK(ptr.is_contiguous() && idx.is_contiguous(), ptr_name, " and ", idx_name,
-              " must be contiguous");
-  const int32_t* p = ptr.data_ptr<int32_t>();
-  TORCH_CHECK(p[0] == 0 && p[rows] == idx.size(0), ptr_name, " must start at 0 and end at ",
-              idx_name, ".numel() = ", idx.size(0), ", got [", p[0], ", ", p[rows], "]");
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(p[r] <= p[r + 1], ptr_name, " must be non-decreasing (row ", r, ")");
-  }
-}
+using sparse::check_layout;
+using sparse::kVB;
+using sparse::round_up;
+using sparse::spmm_transposed;
+using sparse::transpose_padded;
 
 void check_common(const at::Tensor& a, const char* a_name, int64_t a_cols_expected,
                   const char* cols_what, const at::Tensor& weight, const at::Tensor& mask) {
@@ -78,126 +52,6 @@ void check_common(const at::Tensor& a, const char* a_name, int64_t a_cols_expect
               a.scalar_type());
   TORCH_CHECK(weight.scalar_type() == a.scalar_type(), "weight dtype ", weight.scalar_type(),
               " must match ", a_name, " dtype ", a.scalar_type());
-}
-
-// out[b, r] = bias[r] + sum_{p in row r} wval(r, p) * srcT[idx[p], b]  for b < B.
-// srcT is [*, Bp] (Bp a multiple of kVB, padding zero); out is [B, R] contiguous.
-template <typename scalar_t, typename acc_t, typename WVal>
-void spmm_transposed(int64_t R, int64_t B, int64_t Bp, const int32_t* ptr, const int32_t* idx,
-                     int64_t idx_bound, const WVal& wval, const acc_t* srcT, const scalar_t* bias,
-                     scalar_t* out) {
-  const int64_t n_row_tiles = (R + kRowTile - 1) / kRowTile;
-  const int64_t n_col_tiles = Bp / kVB;
-  std::atomic<bool> bad_index{false};
-  // Tile index = column tile major: consecutive tiles of one thread share the same
-  // kVB-wide slice of srcT, which stays cache resident.
-  at::parallel_for(0, n_row_tiles * n_col_tiles, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) acc_t tile[kRowTile][kVB];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b0 = (t / n_row_tiles) * kVB;
-      const int64_t r0 = (t % n_row_tiles) * kRowTile;
-      const int64_t r1 = std::min(R, r0 + kRowTile);
-      const acc_t* src = srcT + b0;
-      for (int64_t r = r0; r < r1; ++r) {
-        alignas(64) acc_t acc[kVB];
-        for (int64_t j = 0; j < kVB; ++j) acc[j] = acc_t(0);
-        int64_t p = ptr[r];
-        const int64_t p_end = ptr[r + 1];
-        for (; p + 4 <= p_end; p += 4) {
-          const uint32_t i0 = idx[p], i1 = idx[p + 1], i2 = idx[p + 2], i3 = idx[p + 3];
-          if (std::max(std::max(i0, i1), std::max(i2, i3)) >= uint64_t(idx_bound)) {
-            bad_index = true;
-            break;
-          }
-          const acc_t w0 = wval(r, p, i0), w1 = wval(r, p + 1, i1);
-          const acc_t w2 = wval(r, p + 2, i2), w3 = wval(r, p + 3, i3);
-          const acc_t* x0 = src + int64_t(i0) * Bp;
-          const acc_t* x1 = src + int64_t(i1) * Bp;
-          const acc_t* x2 = src + int64_t(i2) * Bp;
-          const acc_t* x3 = src + int64_t(i3) * Bp;
-#pragma omp simd aligned(acc : 64)
-          for (int64_t j = 0; j < kVB; ++j) {
-            acc[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j];
-          }
-        }
-        for (; p < p_end; ++p) {
-          const uint32_t i0 = idx[p];
-          if (i0 >= uint64_t(idx_bound)) {
-            bad_index = true;
-            break;
-          }
-          const acc_t w0 = wval(r, p, i0);
-          const acc_t* x0 = src + int64_t(i0) * Bp;
-#pragma omp simd aligned(acc : 64)
-          for (int64_t j = 0; j < kVB; ++j) acc[j] += w0 * x0[j];
-        }
-        const acc_t bv = bias ? acc_t(bias[r]) : acc_t(0);
-        for (int64_t j = 0; j < kVB; ++j) tile[r - r0][j] = acc[j] + bv;
-      }
-      const int64_t b1 = std::min(B, b0 + kVB);
-      for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* o = out + b * R;
-        for (int64_t r = r0; r < r1; ++r) o[r] = scalar_t(tile[r - r0][b - b0]);
-      }
-    }
-  });
-  TORCH_CHECK(!bad_index, "masked_linear: layout index out of range [0, ", idx_bound, ")");
-}
-
-// out[n, :] = 0 except out[n, k] = dot(g[n, :Bp], xs[k, :Bp]) for k kept in row n (SDDMM).
-template <typename scalar_t, typename acc_t>
-void sddmm(int64_t N, int64_t K, int64_t Bp, const int32_t* ptr, const int32_t* idx,
-           const acc_t* g, const acc_t* xs, scalar_t* out) {
-  std::atomic<bool> bad_index{false};
-  // Rows are zeroed inside the parallel loop: the first touch of a large fresh output
-  // is split between the threads.
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      scalar_t* o = out + n * K;
-      std::memset(static_cast<void*>(o), 0, sizeof(scalar_t) * K);
-      const acc_t* gr = g + n * Bp;
-      int64_t p = ptr[n];
-      const int64_t p_end = ptr[n + 1];
-      for (; p + 4 <= p_end; p += 4) {
-        const uint32_t k0 = idx[p], k1 = idx[p + 1], k2 = idx[p + 2], k3 = idx[p + 3];
-        if (std::max(std::max(k0, k1), std::max(k2, k3)) >= uint64_t(K)) {
-          bad_index = true;
-          break;
-        }
-        const acc_t* x0 = xs + int64_t(k0) * Bp;
-        const acc_t* x1 = xs + int64_t(k1) * Bp;
-        const acc_t* x2 = xs + int64_t(k2) * Bp;
-        const acc_t* x3 = xs + int64_t(k3) * Bp;
-        acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t j = 0; j < Bp; ++j) {
-          const acc_t gj = gr[j];
-          s0 += gj * x0[j];
-          s1 += gj * x1[j];
-          s2 += gj * x2[j];
-          s3 += gj * x3[j];
-        }
-        o[k0] = scalar_t(s0);
-        o[k1] = scalar_t(s1);
-        o[k2] = scalar_t(s2);
-        o[k3] = scalar_t(s3);
-      }
-      for (; p < p_end; ++p) {
-        const uint32_t k0 = idx[p];
-        if (k0 >= uint64_t(K)) {
-          bad_index = true;
-          break;
-        }
-        const acc_t* x0 = xs + int64_t(k0) * Bp;
-        acc_t s0 = 0;
-#pragma omp simd reduction(+ : s0)
-        for (int64_t j = 0; j < Bp; ++j) s0 += gr[j] * x0[j];
-        o[k0] = scalar_t(s0);
-      }
-    }
-  });
-  TORCH_CHECK(!bad_index, "masked_linear_grad_weight: csr_idx out of range [0, ", K, ")");
 }
 
 // g[i] = 0 wherever mask[i] is false (exact zeros even where g is inf/nan), in place.
@@ -255,7 +109,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
     spmm_transposed<scalar_t, acc_t>(N, B, Bp, ptr.data_ptr<int32_t>(), idx.data_ptr<int32_t>(),
                                      K, wval, xT.data_ptr<acc_t>(),
                                      bc.defined() ? bc.data_ptr<scalar_t>() : nullptr,
-                                     y.data_ptr<scalar_t>());
+                                     y.data_ptr<scalar_t>(), "masked_linear");
   });
   return y;
 }
@@ -287,7 +141,7 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_y, const at::Tens
     auto wval = [wp, K](int64_t k, int64_t, uint32_t n) { return acc_t(wp[int64_t(n) * K + k]); };
     spmm_transposed<scalar_t, acc_t>(K, B, Bp, csc_ptr->data_ptr<int32_t>(),
                                      csc_idx->data_ptr<int32_t>(), N, wval, gyT.data_ptr<acc_t>(),
-                                     nullptr, gx.data_ptr<scalar_t>());
+                                     nullptr, gx.data_ptr<scalar_t>(), "masked_linear");
   });
   return gx;
 }
@@ -331,8 +185,15 @@ at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_y, const at::Ten
     const int64_t Bp = round_up(std::max<int64_t>(B, 1), kVB);
     const at::Tensor gyT = transpose_padded(grad_y, c10::CppTypeToScalarType<acc_t>::value, Bp);
     const at::Tensor xT = transpose_padded(x, c10::CppTypeToScalarType<acc_t>::value, Bp);
-    sddmm<scalar_t, acc_t>(N, K, Bp, csr_ptr->data_ptr<int32_t>(), csr_idx->data_ptr<int32_t>(),
-                           gyT.data_ptr<acc_t>(), xT.data_ptr<acc_t>(), gw.data_ptr<scalar_t>());
+    // Rows are zeroed inside the parallel loop: the first touch of a large fresh output is
+    // split between the threads.
+    scalar_t* out = gw.data_ptr<scalar_t>();
+    sparse::sddmm_rows<acc_t>(
+        N, K, Bp, csr_ptr->data_ptr<int32_t>(), csr_idx->data_ptr<int32_t>(), gyT.data_ptr<acc_t>(),
+        xT.data_ptr<acc_t>(),
+        [out, K](int64_t n) { std::memset(static_cast<void*>(out + n * K), 0, sizeof(scalar_t) * K); },
+        [out, K](int64_t n, int64_t, uint32_t k, acc_t v) { out[n * K + k] = scalar_t(v); },
+        "masked_linear_grad_weight");
   });
   return gw;
 }
