@@ -42,6 +42,7 @@ def _inputs() -> dict[str, tuple]:
     rb_group = torch.tensor([1, 0, 1, 1, 2, 1, 1, 0, 1, 1, 2])
     return {
         "masked_linear": (x, w, mask, b),
+        "compact_linear": (x, w, mask, b),
         "group_cross_entropy": (logits, target, group, weight),
         "replay_buffer": (values, rb_group),
     }
@@ -56,6 +57,13 @@ def _outputs(backend: str | None) -> dict[str, dict[str, torch.Tensor]]:
     y = ceag.ops.masked_linear(x, w, mask, b, backend=backend)
     y.square().sum().backward()
     out["masked_linear"] = {"y": y.detach(), "grad_x": x.grad, "grad_w": w.grad, "grad_b": b.grad}
+
+    x, w, mask, b = data["compact_linear"]
+    layout = ceag.ops.CompactLayout.from_mask(mask)
+    x, v, b = (t.clone().requires_grad_() for t in (x, layout.gather(w), b))
+    y = ceag.ops.compact_linear(x, v, layout, b, backend=backend)
+    y.square().sum().backward()
+    out["compact_linear"] = {"y": y.detach(), "grad_x": x.grad, "grad_values": v.grad, "grad_b": b.grad}
 
     logits, target, group, weight = data["group_cross_entropy"]
     logits = logits.clone().requires_grad_()
@@ -101,6 +109,9 @@ def _pure_python_main(path: str) -> None:
     buffer, head, fill = torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
     explicit = {
         "masked_linear": lambda be: ceag.ops.masked_linear(x, w, mask, b, backend=be),
+        "compact_linear": lambda be: ceag.ops.compact_linear(
+            x, w[mask], ceag.ops.CompactLayout.from_mask(mask), b, backend=be
+        ),
         "group_cross_entropy": lambda be: ceag.ops.group_cross_entropy(logits, target, group, 3, backend=be),
         "replay_buffer": lambda be: ceag.ops.replay_buffer_update(buffer, head, fill, group[:3], torch.ones(3), backend=be),
     }
@@ -181,7 +192,10 @@ def test_registry_record_names_existing_ops(family):
     """Each record's names resolve to registered ops of the same schema, compiled and Triton."""
     record = FAMILIES[family]
     assert record.reference.__module__ == "ceag.ops.reference"
-    triton = importlib.util.find_spec("triton") is not None
+    triton = importlib.util.find_spec("triton") is not None and bool(record.triton)
+    if not record.triton:  # a family without Triton kernels says so, naming the fallback
+        with pytest.raises(ValueError, match="no Triton kernels; use backend='reference'"):
+            record.ops("triton")
     for backend, names in (("cpp", record.compiled), ("triton", record.triton))[: 1 + triton]:
         ops = record.ops(backend)
         assert [op._schema.name for op in ops] == [f"ceag::{name}" for name in names]
