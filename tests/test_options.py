@@ -65,6 +65,7 @@ def test_shared_fields_take_the_training_help_and_are_passed_on():
         "progress": False,
         "checkpoint_every_steps": 9,
         "on_nonfinite": "skip",
+        "storage": "compact",
     }
     on = {f.name for f in shared if f.metadata["passed_on"]}
     assert on == set(changed) | {"device"}

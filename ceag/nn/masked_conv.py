@@ -72,6 +72,10 @@ class MaskedConv2d(nn.Conv2d):
         n = self.mask.numel()
         return float(self.mask.count_nonzero()) / n if n else 1.0
 
+    @property
+    def num_kept(self) -> int:
+        return int(self.mask.count_nonzero())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # where, not weight * mask: a pruned weight is absent, so a NaN/Inf there stays out of
         # the output (NaN * 0 is NaN), as in MaskedLinear. Same gradient: 0 where pruned.

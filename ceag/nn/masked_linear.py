@@ -8,11 +8,24 @@ from torch import nn
 from ceag.nn._mask import check_mask
 from ceag.ops.masked_linear import MaskLayout, cpu_layout, masked_linear
 
-__all__ = ["MaskedLinear"]
+__all__ = ["COMPACT_BELOW_DENSITY", "STORAGES", "MaskedLinear"]
+
+#: How a masked linear layer stores its weight: "dense" (a dense Parameter, the mask applied
+#: by the kernel), "compact" (only the kept weights: :class:`ceag.nn.CompactLinear`) or
+#: "auto" (dense until pruning takes the density below :data:`COMPACT_BELOW_DENSITY`, then
+#: compact; ceag.prune converts the layer, keeping its Parameter and optimizer state).
+STORAGES = ("dense", "compact", "auto")
+
+#: Density under which "auto" storage turns a layer compact (bench/results/cpu-compact-linear.md).
+COMPACT_BELOW_DENSITY: float = 0.1
 
 
 class MaskedLinear(nn.Linear):
     """``y = x @ (weight * mask).T + bias`` through :func:`ceag.ops.masked_linear`.
+
+    ``storage="compact"`` builds a :class:`~ceag.nn.CompactLinear` instead (only the kept
+    weights stored); ``"auto"`` marks this layer to become one once pruned below
+    :data:`COMPACT_BELOW_DENSITY` (see :data:`STORAGES`).
 
     ``mask`` is a bool buffer of weight's shape (all True by default), saved in the state dict.
     The mask's compressed :class:`~ceag.ops.MaskLayout` (used by the sparse CPU kernel) is
@@ -26,6 +39,15 @@ class MaskedLinear(nn.Linear):
 
     mask: torch.Tensor
 
+    def __new__(cls, *args, storage: str = "dense", **kwargs):
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        if storage == "compact":  # not a MaskedLinear, so __init__ below does not run on it
+            from ceag.nn.compact_linear import CompactLinear
+
+            return CompactLinear(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         in_features: int,
@@ -35,8 +57,10 @@ class MaskedLinear(nn.Linear):
         dtype=None,
         *,
         mask: torch.Tensor | None = None,
+        storage: str = "dense",
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.storage = storage  # "dense" or "auto" ("compact" returned a CompactLinear)
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool, device=self.weight.device))
         self._layout: MaskLayout | None = None
         self._layout_key: tuple | None = None
@@ -98,5 +122,16 @@ class MaskedLinear(nn.Linear):
             layout = self.refresh_layout()
         return masked_linear(x, self.weight, self.mask, self.bias, layout=layout)
 
+    @property
+    def num_kept(self) -> int:
+        return int(self.mask.count_nonzero())
+
+    def to_compact(self, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+        """This layer as a :class:`~ceag.nn.CompactLinear` sharing its Parameters (the weight
+        becomes ``values``; ``optimizer``'s state for it is gathered likewise)."""
+        from ceag.nn.compact_linear import CompactLinear
+
+        return CompactLinear.from_masked(self, optimizer)
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, density={self.density:.4f}"
+        return f"{super().extra_repr()}, density={self.density:.4f}" + (", storage=auto" if self.storage == "auto" else "")

@@ -5,6 +5,10 @@
 - ``magnitude_prune`` shrinks the masks by ``|w|``, layer-wise (the paper's default) or
   global; ``apply_masks_`` and ``mask_optimizer_state_`` keep pruned weights at exactly zero
   through training (``ceag.prune.magnitude``).
+- ``storage``: ``sparsify(model, storage="compact")`` stores only the kept weights of the
+  linear layers (``ceag.nn.CompactLinear``); ``"auto"`` turns a layer compact once
+  ``magnitude_prune`` takes it below ``ceag.nn.COMPACT_BELOW_DENSITY``
+  (``compact_below_threshold_``).
 - ``GMPSchedule``: the gradual magnitude pruning cubic schedule (``ceag.prune.schedule``).
 - ``sparsity_report``: per-layer and overall sparsity, printable or as a DataFrame.
 - ``block_magnitude_mask`` prunes whole [bh, bw] blocks of a weight by their L2 norm, the
@@ -16,6 +20,7 @@ from ceag.prune.magnitude import (
     LayerSparsity,
     SparsityReport,
     apply_masks_,
+    compact_below_threshold_,
     magnitude_prune,
     mask_optimizer_state_,
     prunable_layers,
@@ -30,6 +35,7 @@ __all__ = [
     "SparsityReport",
     "apply_masks_",
     "block_magnitude_mask",
+    "compact_below_threshold_",
     "magnitude_prune",
     "mask_optimizer_state_",
     "prunable_layers",

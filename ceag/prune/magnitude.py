@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ceag.nn import MaskedConv2d, MaskedLinear
+from ceag.nn import COMPACT_BELOW_DENSITY, STORAGES, CompactLinear, MaskedConv2d, MaskedLinear
 
 __all__ = [
     "LayerSparsity",
@@ -39,7 +39,7 @@ __all__ = [
     "sparsity_report",
 ]
 
-_MASKED = (MaskedLinear, MaskedConv2d)
+_MASKED = (MaskedLinear, MaskedConv2d, CompactLinear)
 # Forward/backward hook dicts moved to the masked replacement (shared objects, so existing
 # RemovableHandles still remove them).
 _HOOK_DICTS = (
@@ -65,7 +65,7 @@ def check_sparsity(sparsity, name: str = "sparsity") -> float:
 
 def _kind(module: nn.Module) -> str | None:
     """ "linear" / "conv" for layers sparsify handles (exact nn.Linear / nn.Conv2d or masked)."""
-    if isinstance(module, MaskedLinear) or type(module) is nn.Linear:
+    if isinstance(module, (MaskedLinear, CompactLinear)) or type(module) is nn.Linear:
         return "linear"
     if isinstance(module, MaskedConv2d) or type(module) is nn.Conv2d:
         return "conv"
@@ -78,6 +78,7 @@ def sparsify(
     keep_first_conv_dense: bool = True,
     keep_last_linear_dense: bool = True,
     exclude: Iterable[str] | str = (),
+    storage: str = "dense",
 ) -> nn.Module:
     """Swap ``nn.Linear`` -> MaskedLinear and ``nn.Conv2d`` -> MaskedConv2d in place.
 
@@ -93,6 +94,11 @@ def sparsify(
         keep_last_linear_dense: leave the last ``nn.Linear`` dense (paper default).
         exclude: qualified module names (as in ``model.named_modules()``) to leave dense;
             a name also excludes every layer under it. Unknown names raise ValueError.
+        storage: how the masked linear layers store their weight (:data:`ceag.nn.STORAGES`):
+            "dense" (MaskedLinear), "compact" (:class:`~ceag.nn.CompactLinear`, only the kept
+            weights; the weight Parameter is reused, reshaped: build the optimizer afterwards)
+            or "auto" (MaskedLinear until pruning takes it below
+            :data:`ceag.nn.COMPACT_BELOW_DENSITY`, then compact). Conv layers stay dense-stored.
 
     "First" and "last" follow module registration order (``named_modules``), which is the
     execution order for ``nn.Sequential``-style models but not necessarily otherwise: pass
@@ -108,6 +114,8 @@ def sparsify(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     names = {name for name, _ in model.named_modules()}
     for e in exclude:
@@ -138,18 +146,16 @@ def sparsify(
                 "parametrization?); remove it (torch.nn.utils.prune.remove) before sparsify"
             )
         new = MaskedLinear.from_linear(m) if k == "linear" else MaskedConv2d.from_conv(m)
+        if k == "linear" and storage == "compact":
+            new = new.to_compact()
+        elif k == "linear":
+            new.storage = storage
         new.train(m.training)
         for attr in _HOOK_DICTS:
             if hasattr(m, attr):
                 setattr(new, attr, getattr(m, attr))
         replacement[id(m)] = new
-    if not replacement:
-        return model
-    # Every parent slot holding a swapped layer (a layer registered twice is swapped in both).
-    for parent in list(model.modules()):
-        for cname, child in list(parent._modules.items()):
-            if child is not None and id(child) in replacement:
-                parent._modules[cname] = replacement[id(child)]
+    _replace_children(model, replacement)
     return replacement.get(id(model), model)
 
 
@@ -162,8 +168,27 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _scores(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """Flat ``|w|`` in ``dtype``, with already-pruned positions at -1 (below every magnitude)."""
+    if isinstance(layer, CompactLinear):
+        s = torch.full((_numel(layer),), -1.0, dtype=dtype, device=layer.values.device)
+        s[layer.layout.positions()] = layer.values.detach().abs().to(dtype)
+        return s
     s = layer.weight.detach().abs().to(dtype).flatten()
     return s.masked_fill_(~layer.mask.flatten(), -1.0)
+
+
+def _shape(layer: nn.Module) -> tuple[int, ...]:
+    """The weight's shape, without building a compact layer's dense weight."""
+    if isinstance(layer, CompactLinear):
+        return (layer.out_features, layer.in_features)
+    return tuple(layer.weight.shape)
+
+
+def _numel(layer: nn.Module) -> int:
+    return math.prod(_shape(layer))
+
+
+def _param(layer: nn.Module) -> torch.Tensor:
+    return layer.values if isinstance(layer, CompactLinear) else layer.weight
 
 
 def _keep_mask(scores: torch.Tensor, keep: torch.Tensor, num_pruned: int) -> torch.Tensor:
@@ -220,23 +245,54 @@ def magnitude_prune(
     layers = [m for _, m in prunable_layers(model)]
     if not layers:
         raise ValueError("model has no masked layers to prune: call ceag.prune.sparsify(model) first")
-    dtype = torch.float64 if any(m.weight.dtype == torch.float64 for m in layers) else torch.float32
+    dtype = torch.float64 if any(_param(m).dtype == torch.float64 for m in layers) else torch.float32
+
+    def set_mask(m: nn.Module, keep: torch.Tensor) -> None:
+        keep = keep.view(_shape(m)).to(_param(m).device)
+        if isinstance(m, CompactLinear):
+            m.set_mask(keep, optimizer)  # repacks its values and their optimizer state
+        else:
+            m.set_mask(keep)
+
     with torch.no_grad():
         if scope == "layer":
             for m in layers:
-                keep = _keep_mask(_scores(m, dtype), m.mask.flatten(), round(s * m.weight.numel()))
-                m.set_mask(keep.view(m.weight.shape))
+                set_mask(m, _keep_mask(_scores(m, dtype), m.mask.flatten(), round(s * _numel(m))))
         else:
-            device = layers[0].weight.device
+            device = _param(layers[0]).device
             scores = torch.cat([_scores(m, dtype).to(device) for m in layers])
             current = torch.cat([m.mask.flatten().to(device) for m in layers])
             keep = _keep_mask(scores, current, round(s * scores.numel()))
-            for m, k in zip(layers, keep.split([m.weight.numel() for m in layers])):
-                m.set_mask(k.view(m.weight.shape).to(m.mask.device))
+            for m, k in zip(layers, keep.split([_numel(m) for m in layers]), strict=True):
+                set_mask(m, k)
     apply_masks_(model)
     if optimizer is not None:
         mask_optimizer_state_(optimizer, model)
+    compact_below_threshold_(model, optimizer)
     return model
+
+
+def compact_below_threshold_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """Turn every ``storage="auto"`` MaskedLinear whose density is below
+    :data:`ceag.nn.COMPACT_BELOW_DENSITY` into a :class:`~ceag.nn.CompactLinear` (in place,
+    sharing its Parameters; ``optimizer``'s state is gathered); returns ``model``."""
+    swap = {
+        id(m): m.to_compact(optimizer)
+        for _, m in prunable_layers(model)
+        if isinstance(m, MaskedLinear) and m.storage == "auto" and m.density < COMPACT_BELOW_DENSITY
+    }
+    _replace_children(model, swap)
+    return swap.get(id(model), model)
+
+
+def _replace_children(model: nn.Module, replacement: dict[int, nn.Module]) -> None:
+    """Every parent slot holding a replaced layer (a layer registered twice is replaced in both)."""
+    if not replacement:
+        return
+    for parent in list(model.modules()):
+        for cname, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacement:
+                parent._modules[cname] = replacement[id(child)]
 
 
 def apply_masks_(model: nn.Module) -> nn.Module:
@@ -251,7 +307,8 @@ def apply_masks_(model: nn.Module) -> nn.Module:
     """
     with torch.no_grad():
         for _, m in prunable_layers(model):
-            m.weight.masked_fill_(~m.mask, 0)
+            if not isinstance(m, CompactLinear):  # stores no pruned weight to zero
+                m.weight.masked_fill_(~m.mask, 0)
     return model
 
 
@@ -268,8 +325,8 @@ def mask_optimizer_state_(optimizer: torch.optim.Optimizer, model: nn.Module) ->
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     with torch.no_grad():
         for _, m in prunable_layers(model):
-            state = optimizer.state.get(m.weight)
-            if not state:
+            state = None if isinstance(m, CompactLinear) else optimizer.state.get(m.weight)
+            if not state:  # (a compact layer's state holds kept positions only)
                 continue
             pruned = ~m.mask
             for value in state.values():
@@ -362,9 +419,7 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, _MASKED):
-            rows.append(
-                LayerSparsity(name, type(m).__name__, tuple(m.weight.shape), int(m.mask.count_nonzero()), m.mask.numel(), True)
-            )
+            rows.append(LayerSparsity(name, type(m).__name__, _shape(m), m.num_kept, _numel(m), True))
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
             n = math.prod(m.weight.shape)
             rows.append(LayerSparsity(name, type(m).__name__, tuple(m.weight.shape), n, n, False))

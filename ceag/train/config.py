@@ -14,6 +14,7 @@ import torch
 from ceag._options import option
 from ceag.methods import DUAL_OPTIMIZERS, METHODS, build_method
 from ceag.metrics import DEFAULT_MIN_COUNT, GroupStats
+from ceag.nn import COMPACT_BELOW_DENSITY, STORAGES
 
 METHOD_NAMES = tuple(METHODS)
 NONFINITE_ACTIONS = ("stop", "skip")
@@ -68,6 +69,13 @@ class TrainConfig:
     pruning_frequency: int = option(1, help="prune every this many epochs during the GMP phase")
     pruning_scope: str = option("layer", help="magnitude threshold per layer or global", choices=("layer", "global"))
     mitigation_epochs: int = option(10, help="epochs of fine-tuning with the constraints on, after pruning")
+    storage: str = option(
+        "dense",
+        choices=STORAGES,
+        help="how pruned linear layers store their weights: dense (weight and mask), compact (only the kept "
+        "weights: faster and smaller at high sparsity) or auto (compact once pruned below "
+        f"{COMPACT_BELOW_DENSITY:g} density)",
+    )
 
     lr: float = option(1e-2, help="learning rate of the sparse phase (SGD)")
     momentum: float = option(0.9, help="SGD momentum")
@@ -150,6 +158,8 @@ class TrainConfig:
         real("final_sparsity", 0.0, 1.0)
         if self.initial_sparsity > self.final_sparsity:
             bad("initial_sparsity", f"must be <= final_sparsity ({self.final_sparsity})")
+        if self.storage not in STORAGES:
+            bad("storage", f"must be one of {', '.join(STORAGES)}")
         if self.pruning_scope not in ("layer", "global"):
             bad("pruning_scope", "must be 'layer' or 'global'")
         real("lr", 0.0, lo_open=True)

@@ -19,7 +19,8 @@ from ceag._io import LOCK_NAME, check_output_dir, lock, remove_temp_files
 from ceag._progress import progress
 from ceag.methods import METHODS, ConstrainedMethod, Method, build_method
 from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
-from ceag.prune import GMPSchedule, apply_masks_, prunable_layers, sparsify, sparsity_report
+from ceag.nn import CompactLinear
+from ceag.prune import GMPSchedule, apply_masks_, compact_below_threshold_, prunable_layers, sparsify, sparsity_report
 from ceag.train.batching import batches, epoch_permutation
 from ceag.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -74,7 +75,14 @@ class Trainer:
         self.device = torch.device(config.device)
         self.rank, self.world_size = rank_and_world()
         if not prunable_layers(model):
-            model = sparsify(model)
+            model = sparsify(model, storage=config.storage)
+        if self.world_size > 1 and any(
+            isinstance(m, CompactLinear) or getattr(m, "storage", "dense") != "dense" for _, m in prunable_layers(model)
+        ):
+            raise ValueError(
+                "storage 'compact' / 'auto' resizes parameters when pruning, which DistributedDataParallel "
+                "does not allow; use storage='dense' with several processes"
+            )
         if not prunable_layers(model) and config.final_sparsity > 0:
             raise ValueError("the model has no Linear / Conv2d layer to prune")
         self.model = model.to(self.device)
@@ -430,6 +438,12 @@ class Trainer:
                 "cannot resume: the checkpoint's config differs in "
                 + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r})" for k in diff)
             )
+        # Layers the saved run had turned compact ("auto" storage) are compact before loading.
+        compacted = {k.rsplit(".", 1)[0] for k in state["model"] if k.endswith(".row_ptr")}
+        for name, m in prunable_layers(self.model):
+            if name in compacted and not isinstance(m, CompactLinear):
+                m.storage, m.mask = "auto", torch.zeros_like(m.mask)  # density 0: converted now
+        compact_below_threshold_(self.model)
         self.model.load_state_dict(state["model"])
         self.dense_optimizer.load_state_dict(state["dense_optimizer"])
         self.dense_scheduler.load_state_dict(state["dense_scheduler"])

@@ -109,9 +109,7 @@ def _pure_python_main(path: str) -> None:
     buffer, head, fill = torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
     explicit = {
         "masked_linear": lambda be: ceag.ops.masked_linear(x, w, mask, b, backend=be),
-        "compact_linear": lambda be: ceag.ops.compact_linear(
-            x, w[mask], ceag.ops.CompactLayout.from_mask(mask), b, backend=be
-        ),
+        "compact_linear": lambda be: ceag.ops.compact_linear(x, w[mask], ceag.ops.CompactLayout.from_mask(mask), b, backend=be),
         "group_cross_entropy": lambda be: ceag.ops.group_cross_entropy(logits, target, group, 3, backend=be),
         "replay_buffer": lambda be: ceag.ops.replay_buffer_update(buffer, head, fill, group[:3], torch.ones(3), backend=be),
     }

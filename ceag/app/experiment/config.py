@@ -104,6 +104,7 @@ class ExperimentConfig:
     batch_size: int = same_as(TrainConfig, "batch_size", 256, group=SCHEDULE)
     eval_batch_size: int = same_as(TrainConfig, "eval_batch_size", 4096, group=SCHEDULE)
     pruning_scope: str = same_as(TrainConfig, "pruning_scope", group=SCHEDULE)
+    storage: str = same_as(TrainConfig, "storage", group=SCHEDULE)
     min_count: int = same_as(TrainConfig, "min_count", group=METHODS_GROUP)
 
     name: str | None = option(None, help="run folder name", default_text="from dataset, methods and sparsities", group=OUTPUT)
