@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
+
+# Benchmarks share helpers by module name (bench_compact_linear imports bench_masked_linear).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 extern "C" {
 // `import ceag._C` only needs to load this library so that the registrations below run.
 PyObject* PyInit__C(void) {
@@ -11,7 +13,14 @@ PyObject* PyInit__C(void) {
 }
 }
 
+namespace ceag {
+std::string cpu_capability();  // csrc/cpu/dispatch.cpp
+}
+
 TORCH_LIBRARY(ceag, m) {
+  // Which CPU kernel variant runs: "default" (portable), "avx2" or "avx512" (dispatch.cpp).
+  m.def("cpu_capability() -> str", &ceag::cpu_capability);
+
   // y = x @ (weight * mask).T + bias. x is [B, K]. csr_ptr/csr_idx: the mask's kept
   // positions by output row (int32); when given, the CPU kernel takes its sparse path.
   // csc_ptr/csc_idx (kept positions by input column) are not read by the forward: they ride

@@ -7,7 +7,7 @@ autograd) and every public op routes through :func:`ceag.ops._registry.dispatch`
 """
 
 from ceag.ops import reference
-from ceag.ops._backend import BACKENDS, resolve_backend
+from ceag.ops._backend import BACKENDS, cpu_capability, resolve_backend
 from ceag.ops.compact_linear import CompactLayout, compact_linear
 from ceag.ops.group_cross_entropy import GroupCrossEntropy, group_cross_entropy
 from ceag.ops.masked_linear import MaskLayout, masked_linear
@@ -19,6 +19,7 @@ __all__ = [
     "GroupCrossEntropy",
     "MaskLayout",
     "compact_linear",
+    "cpu_capability",
     "group_cross_entropy",
     "masked_linear",
     "reference",

@@ -82,3 +82,15 @@ def _warn_pure_python_once() -> bool:
             stacklevel=5,  # the caller of the public op
         )
     return True
+
+
+def cpu_capability() -> str | None:
+    """The CPU kernel variant the compiled extension runs: "default" (portable), "avx2" or
+    "avx512", chosen at load by the CPU (``$CEAG_CPU_CAPABILITY`` may ask for a narrower one);
+    None in a build without the extension (``CEAG_BUILD_EXT=0``)."""
+    from ceag import _extension
+
+    if not _extension.available():
+        return None
+    _extension.load()
+    return str(torch.ops.ceag.cpu_capability())

@@ -13,12 +13,15 @@
 #include <torch/library.h>
 
 #include "common.h"
-#include "sparse.h"
 
 #include <cstdint>
 #include <optional>
 
+#include "capability.h"
+#include "sparse.h"
+
 namespace ceag {
+namespace CEAG_CAP_NS {
 namespace {
 
 using sparse::check_layout;
@@ -142,10 +145,13 @@ at::Tensor compact_linear_grad_values_cpu(const at::Tensor& grad_y, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ceag, CPU, m) {
+void register_compact_linear(torch::Library& m) {
   m.impl("compact_linear", &compact_linear_cpu);
   m.impl("compact_linear_grad_input", &compact_linear_grad_input_cpu);
   m.impl("compact_linear_grad_values", &compact_linear_grad_values_cpu);
 }
 
+}  // namespace CEAG_CAP_NS
 }  // namespace ceag
+
+#include "capability_end.h"

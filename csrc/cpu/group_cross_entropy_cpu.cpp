@@ -25,6 +25,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "capability.h"
+
 #if defined(__AVX512F__)
 // GCC 12 flags _mm512_undefined_*() inside its own _mm512_reduce_* intrinsics: a false positive.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -33,6 +35,7 @@
 #endif
 
 namespace ceag {
+namespace CEAG_CAP_NS {
 namespace {
 
 constexpr int64_t kBlock = 4096;  // classes per block: 16 KiB of fp32, fits L1 with its twin
@@ -614,10 +617,13 @@ at::Tensor group_cross_entropy_backward_cpu(const at::Tensor& grad_loss_sum,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ceag, CPU, m) {
+void register_group_cross_entropy(torch::Library& m) {
   m.impl("group_cross_entropy", &group_cross_entropy_cpu);
   m.impl("group_cross_entropy_backward", &group_cross_entropy_backward_cpu);
   m.impl("weighted_group_cross_entropy", &weighted_group_cross_entropy_cpu);
 }
 
+}  // namespace CEAG_CAP_NS
 }  // namespace ceag
+
+#include "capability_end.h"

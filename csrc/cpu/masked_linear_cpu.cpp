@@ -19,7 +19,6 @@
 #include <torch/library.h>
 
 #include "common.h"
-#include "sparse.h"
 
 #include <algorithm>
 #include <atomic>
@@ -27,7 +26,11 @@
 #include <cstring>
 #include <optional>
 
+#include "capability.h"
+#include "sparse.h"
+
 namespace ceag {
+namespace CEAG_CAP_NS {
 namespace {
 
 using sparse::check_layout;
@@ -200,10 +203,13 @@ at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_y, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ceag, CPU, m) {
+void register_masked_linear(torch::Library& m) {
   m.impl("masked_linear", &masked_linear_cpu);
   m.impl("masked_linear_grad_input", &masked_linear_grad_input_cpu);
   m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_cpu);
 }
 
+}  // namespace CEAG_CAP_NS
 }  // namespace ceag
+
+#include "capability_end.h"

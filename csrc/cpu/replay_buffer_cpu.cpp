@@ -10,7 +10,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "capability.h"
+
 namespace ceag {
+namespace CEAG_CAP_NS {
 namespace {
 
 void replay_buffer_update_cpu(at::Tensor& buffer, at::Tensor& head, at::Tensor& fill,
@@ -73,6 +76,9 @@ void replay_buffer_update_cpu(at::Tensor& buffer, at::Tensor& head, at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ceag, CPU, m) { m.impl("replay_buffer_update_", &replay_buffer_update_cpu); }
+void register_replay_buffer(torch::Library& m) { m.impl("replay_buffer_update_", &replay_buffer_update_cpu); }
 
+}  // namespace CEAG_CAP_NS
 }  // namespace ceag
+
+#include "capability_end.h"

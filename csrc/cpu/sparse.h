@@ -16,7 +16,9 @@
 #include <atomic>
 #include <cstdint>
 
+// Inside the capability namespace: each CPU variant (capability.h) has its own copy.
 namespace ceag {
+namespace CEAG_CAP_NS {
 namespace sparse {
 
 constexpr int64_t kVB = 64;      // batch columns per tile: 64 fp32 accumulators = 4 zmm
@@ -227,4 +229,5 @@ void sddmm_rows(int64_t N, int64_t K, int64_t Bp, const int32_t* ptr, const int3
 }
 
 }  // namespace sparse
+}  // namespace CEAG_CAP_NS
 }  // namespace ceag
