@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -25,6 +27,20 @@ def check_tensor(
         verb = "is" if device_of.isidentifier() else "are"  # "x is", "the other inputs are"
         raise ValueError(f"{name} is on {t.device} but {device_of} {verb} on {device}")
     return t
+
+
+def check_bias(bias: torch.Tensor | None, n: int, x: torch.Tensor) -> None:
+    """A linear op's optional bias: 1-D of length ``n``, x's dtype and device."""
+    if bias is not None:
+        check_tensor("bias", bias, dim=1, dtypes=(x.dtype,), device=x.device, device_of="x")
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+
+
+def as_rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x [..., K] as a contiguous [rows, K] matrix (a linear op's batch)."""
+    # K = 0: reshape(-1, 0) is ambiguous; the rows are then the product of the leading dims.
+    return (x.reshape(-1, k) if k > 0 else x.reshape(math.prod(x.shape[:-1]), 0)).contiguous()
 
 
 def check_index_range(name: str, idx: torch.Tensor, upper: int, *, allow: int | None = None) -> None:

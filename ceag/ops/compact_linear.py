@@ -11,14 +11,13 @@ index_add); fused GPU kernels are the GPU issue's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ceag.ops import reference
 from ceag.ops._backend import resolve_backend
-from ceag.ops._checks import FLOAT_DTYPES, check_tensor
+from ceag.ops._checks import FLOAT_DTYPES, as_rows, check_bias, check_tensor
 from ceag.ops._registry import OpFamily, register_family
 
 __all__ = ["CompactLayout", "compact_linear"]
@@ -213,12 +212,9 @@ def compact_linear(
         raise ValueError(f"x's last dimension ({x.shape[-1]}) must equal the layout's in_features K = {k}")
     if layout.device != x.device:
         raise ValueError(f"layout is on {layout.device} but x is on {x.device}")
-    if bias is not None:
-        check_tensor("bias", bias, dim=1, dtypes=(x.dtype,), device=x.device, device_of="x")
-        if bias.shape[0] != n:
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    check_bias(bias, n, x)
     lead = x.shape[:-1]
-    x2 = (x.reshape(-1, k) if k > 0 else x.reshape(math.prod(lead), 0)).contiguous()
+    x2 = as_rows(x, k)
     if resolve_backend(backend, x.device) == "cpp":
         y = COMPACT_LINEAR.ops("cpp")[0](x2, values.contiguous(), *layout.tensors(), bias)
     else:

@@ -19,13 +19,12 @@ traces a model that uses the op without graph breaks.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ceag.ops import reference
-from ceag.ops._checks import FLOAT_DTYPES, check_tensor
+from ceag.ops._checks import FLOAT_DTYPES, as_rows, check_bias, check_tensor
 from ceag.ops._registry import OpFamily, dispatch, register_family
 
 __all__ = [
@@ -182,10 +181,7 @@ def _check_inputs(x, weight, mask, bias, layout) -> None:
     check_tensor("mask", mask, dtypes=(torch.bool,), device=x.device, device_of="x")
     if mask.shape != weight.shape:
         raise ValueError(f"mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
-    if bias is not None:
-        check_tensor("bias", bias, dim=1, dtypes=(x.dtype,), device=x.device, device_of="x")
-        if bias.shape[0] != n:
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    check_bias(bias, n, x)
     if layout is not None:
         if not isinstance(layout, MaskLayout):
             raise TypeError(f"layout must be a MaskLayout, got {type(layout).__name__}")
@@ -253,8 +249,7 @@ def masked_linear(
     forward_op = route.ops[0]
     n, k = weight.shape
     lead = x.shape[:-1]
-    # K = 0: reshape(-1, 0) is ambiguous; y is then the bias (or zeros) for every row.
-    x2 = (x.reshape(-1, k) if k > 0 else x.reshape(math.prod(lead), 0)).contiguous()
+    x2 = as_rows(x, k)  # K = 0: y is then the bias (or zeros) for every row
     weight = weight.contiguous()
     mask = mask.contiguous()
     if bias is not None:

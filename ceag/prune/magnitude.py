@@ -276,11 +276,20 @@ def compact_below_threshold_(model: nn.Module, optimizer: torch.optim.Optimizer 
     """Turn every ``storage="auto"`` MaskedLinear whose density is below
     :data:`ceag.nn.COMPACT_BELOW_DENSITY` into a :class:`~ceag.nn.CompactLinear` (in place,
     sharing its Parameters; ``optimizer``'s state is gathered); returns ``model``."""
-    swap = {
-        id(m): m.to_compact(optimizer)
-        for _, m in prunable_layers(model)
-        if isinstance(m, MaskedLinear) and m.storage == "auto" and m.density < COMPACT_BELOW_DENSITY
-    }
+    return _compact_where(model, lambda _, m: m.storage == "auto" and m.density < COMPACT_BELOW_DENSITY, optimizer)
+
+
+def compact_(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """Turn the MaskedLinear layers ``names`` (as in ``named_modules``) into CompactLinear, in
+    place; returns ``model``. E.g. before loading a state dict saved after "auto" storage
+    turned them compact."""
+    names = set(names)
+    return _compact_where(model, lambda name, _: name in names)
+
+
+def _compact_where(model: nn.Module, pick, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """Every MaskedLinear ``m`` named ``name`` with ``pick(name, m)`` made compact (see above)."""
+    swap = {id(m): m.to_compact(optimizer) for name, m in prunable_layers(model) if isinstance(m, MaskedLinear) and pick(name, m)}
     _replace_children(model, swap)
     return swap.get(id(model), model)
 

@@ -20,7 +20,7 @@ from ceag._progress import progress
 from ceag.methods import METHODS, ConstrainedMethod, Method, build_method
 from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
 from ceag.nn import CompactLinear
-from ceag.prune import GMPSchedule, apply_masks_, compact_below_threshold_, prunable_layers, sparsify, sparsity_report
+from ceag.prune import GMPSchedule, apply_masks_, compact_, prunable_layers, sparsify, sparsity_report
 from ceag.train.batching import batches, epoch_permutation
 from ceag.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -439,11 +439,7 @@ class Trainer:
                 + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {now[k]!r})" for k in diff)
             )
         # Layers the saved run had turned compact ("auto" storage) are compact before loading.
-        compacted = {k.rsplit(".", 1)[0] for k in state["model"] if k.endswith(".row_ptr")}
-        for name, m in prunable_layers(self.model):
-            if name in compacted and not isinstance(m, CompactLinear):
-                m.storage, m.mask = "auto", torch.zeros_like(m.mask)  # density 0: converted now
-        compact_below_threshold_(self.model)
+        compact_(self.model, (k.rsplit(".", 1)[0] for k in state["model"] if k.endswith(".row_ptr")))
         self.model.load_state_dict(state["model"])
         self.dense_optimizer.load_state_dict(state["dense_optimizer"])
         self.dense_scheduler.load_state_dict(state["dense_scheduler"])
