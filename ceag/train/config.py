@@ -18,6 +18,8 @@ from ceag.nn import COMPACT_BELOW_DENSITY, STORAGES
 
 METHOD_NAMES = tuple(METHODS)
 NONFINITE_ACTIONS = ("stop", "skip")
+#: What TrainConfig.dual_lr is per: one dual step, or one pass over the training data.
+DUAL_LR_UNITS = ("step", "pass")
 
 
 @dataclass
@@ -37,9 +39,11 @@ class TrainConfig:
     with ``dense_lr``, sparse phase with ``lr``).
 
     Method: ``method`` in nft / el / el_rb / ceag / ceag_batch with ``tolerance`` (ε),
-    ``buffer_size`` (k), ``dual_lr``, ``dual_optimizer`` and any further keyword arguments of
-    the method in ``method_options``; ``constrain_min_count`` > 0 leaves groups with fewer
-    training samples unconstrained (their λ_g stays 0).
+    ``buffer_size`` (k), ``dual_lr`` (per step, or per pass over the training data with
+    ``dual_lr_unit="pass"``), ``dual_optimizer`` and any further keyword arguments of
+    the method in ``method_options``. Groups with fewer than ``constrain_min_count`` training
+    samples are left unconstrained (their λ_g stays 0); by default (None) that is ``min_count``,
+    so the constrained groups are the groups the report judges, and 0 constrains every group.
 
     Reporting: ψ over groups with at least ``min_count`` samples; files in ``output_dir``
     (None: nothing written, no checkpoints); ``checkpoint_every_steps`` > 0 also checkpoints
@@ -55,11 +59,22 @@ class TrainConfig:
     method: str = option("ceag", help="nft, el, el_rb, ceag, ceag_paper or ceag_batch")
     tolerance: float = option(0.01, help="ε, the largest excess accuracy gap ψ_g a group may keep")
     buffer_size: int | None = option(40, help="replay buffer length k: each group's last k predictions")
-    dual_lr: float = option(1e-3, help="multiplier step size η_λ")
+    dual_lr: float = option(1e-3, help="multiplier step size η_λ, per step or per pass over the data (--dual-lr-unit)")
+    dual_lr_unit: str = option(
+        "step",
+        choices=DUAL_LR_UNITS,
+        help="what dual_lr is per: step (each dual step moves λ by η_λ × violation) or pass (η_λ per step = "
+        "dual_lr / steps per epoch: the same dual movement per epoch on a table of any size)",
+    )
     dual_optimizer: str = option("sgd", help="the multipliers' update: sgd, pi (dense PI controller) or nupi (Cooper's)")
     method_options: dict[str, Any] = option(default_factory=dict, help="further keyword arguments of the method")
     constraints_during_pruning: bool = option(False, help="constrain from the first sparse epoch, not after pruning")
-    constrain_min_count: int = option(0, help="leave groups with fewer training samples unconstrained (0: none)")
+    constrain_min_count: int | None = option(
+        None,
+        help="leave groups with fewer training samples unconstrained (0: constrain every group)",
+        default_text="--min-count: the reported groups are the constrained ones",
+        parse=int,
+    )
 
     dense_epochs: int = option(0, help="epochs of dense training before pruning (0: the model is trained)")
     dense_lr: float = option(1e-2, help="learning rate of dense training")
@@ -144,6 +159,8 @@ class TrainConfig:
         if METHODS[self.method].uses_buffers and self.buffer_size is None:
             bad("buffer_size", f"must be set for method {self.method!r} (use 'ceag_batch' for none)")
         real("dual_lr", 0.0, lo_open=True)
+        if self.dual_lr_unit not in DUAL_LR_UNITS:
+            bad("dual_lr_unit", f"must be one of {', '.join(DUAL_LR_UNITS)}")
         if not isinstance(self.dual_optimizer, str) or self.dual_optimizer not in DUAL_OPTIMIZERS:
             bad("dual_optimizer", f"must be one of {', '.join(DUAL_OPTIMIZERS)}")
         for name in ("dense_epochs", "pruning_epochs", "mitigation_epochs"):
@@ -174,7 +191,7 @@ class TrainConfig:
         integer("eval_batch_size", 1)
         integer("num_workers", 0)
         integer("min_count", 1)
-        integer("constrain_min_count", 0)
+        integer("constrain_min_count", 0, allow_none=True)
         integer("checkpoint_every_steps", 0)
         if self.on_nonfinite not in NONFINITE_ACTIONS:
             bad("on_nonfinite", "must be 'stop' or 'skip'")
@@ -212,15 +229,31 @@ class TrainConfig:
         return self.pruning_epochs + self.mitigation_epochs
 
     @property
+    def constrained_min_count(self) -> int:
+        """The fewest training samples a constrained group has: ``constrain_min_count``, or
+        ``min_count`` when it is None (0: every group is constrained)."""
+        return self.min_count if self.constrain_min_count is None else self.constrain_min_count
+
+    @property
     def total_epochs(self) -> int:
         return self.dense_epochs + self.sparse_epochs
 
-    def method_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`ceag.methods.build_method` for this config."""
+    def steps_per_epoch(self, num_train: int) -> int:
+        """Optimizer steps in one pass over ``num_train`` samples (the global batch, any world size)."""
+        return steps_per_epoch(num_train, self.batch_size)
+
+    def dual_lr_per_step(self, steps_per_epoch: int) -> float:
+        """η_λ of one dual step: ``dual_lr``, or ``dual_lr / steps_per_epoch`` when it is per pass."""
+        return self.dual_lr / steps_per_epoch if self.dual_lr_unit == "pass" else self.dual_lr
+
+    def method_kwargs(self, steps_per_epoch: int = 1) -> dict[str, Any]:
+        """Keyword arguments of :func:`ceag.methods.build_method` for this config, for a
+        training split of ``steps_per_epoch`` steps (what a per-pass ``dual_lr`` is spread over)."""
         kw: dict[str, Any] = {}
         spec = METHODS[self.method]
         if spec.constrained:
-            kw.update(tolerance=self.tolerance, dual_lr=self.dual_lr, dual_optimizer=self.dual_optimizer)
+            dual_lr = self.dual_lr_per_step(steps_per_epoch)
+            kw.update(tolerance=self.tolerance, dual_lr=dual_lr, dual_optimizer=self.dual_optimizer)
             kw["active"] = self.constraints_during_pruning
         if spec.uses_buffers:
             kw["buffer_size"] = self.buffer_size
@@ -260,6 +293,11 @@ def check_device(device: Any, name: str = "device") -> torch.device:
     else:
         raise ValueError(f"{name} {device!r} is not supported: ceag trains on cpu or cuda")
     return dev
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over ``num_train`` samples in batches of ``batch_size``."""
+    return max(math.ceil(num_train / batch_size), 1)
 
 
 def milestones(fracs: Sequence[float], epochs: int) -> list[int]:

@@ -184,9 +184,9 @@ class Trainer:
 
     def _build_method(self) -> Method:
         assert self.dense_stats is not None
-        kwargs = self.config.method_kwargs()
-        if METHODS[self.config.method].constrained and self.config.constrain_min_count > 0:
-            kwargs["constrained"] = self.dense_stats.count >= self.config.constrain_min_count
+        kwargs = self.config.method_kwargs(self.config.steps_per_epoch(self.num_train))
+        if METHODS[self.config.method].constrained and self.config.constrained_min_count > 0:
+            kwargs["constrained"] = self.dense_stats.count >= self.config.constrained_min_count
         return build_method(self.config.method, self.config.num_groups, dense=self.dense_stats, device=self.device, **kwargs)
 
     def _compute_dense_stats(self) -> None:
@@ -230,7 +230,7 @@ class Trainer:
         dense = epoch < c.dense_epochs
         optimizer = self.dense_optimizer if dense else self.optimizer
         order = epoch_permutation(self.num_train, c.seed, epoch)
-        num_batches = math.ceil(self.num_train / c.batch_size)
+        num_batches = c.steps_per_epoch(self.num_train)
         module = self._train_module()
         module.train()
         bar = progress(

@@ -11,6 +11,7 @@ import torch
 
 from ceag.app import experiment
 from ceag.app.experiment import ExperimentConfig, run_experiment
+from ceag.app.experiment.runner import constraint_note
 
 SYNTH = {"num_groups": 6, "num_train": 600, "num_test": 300, "num_features": 8, "minority_effect": 1.0, "seed": 3}
 
@@ -195,12 +196,32 @@ def test_max_multiplier_sum_reaches_constrained_methods_only(tmp_path):
     assert _cfg(tmp_path, constrain_min_count=30).train_config("ceag", 0.9, 0, num_groups=3).constrain_min_count == 30
 
 
-def test_dual_lr_defaults_to_scale_over_groups(tmp_path):
-    cfg = _cfg(tmp_path, dual_lr=None)
-    assert cfg.train_config("ceag", 0.9, 0, num_groups=40).dual_lr == pytest.approx(0.01)
-    assert cfg.train_config("ceag", 0.9, 0, num_groups=400).dual_lr == pytest.approx(0.001)
-    assert "η_λ = 0.001" in cfg.header(400)
-    assert _cfg(tmp_path, dual_lr=0.05).train_config("ceag", 0.9, 0, num_groups=400).dual_lr == 0.05
+def test_dual_lr_defaults_to_scale_over_groups_per_pass(tmp_path):
+    cfg = _cfg(tmp_path, dual_lr=None, batch_size=256)
+    run = cfg.train_config("ceag", 0.9, 0, num_groups=40)
+    assert (run.dual_lr, run.dual_lr_unit) == (pytest.approx(1.25), "pass")
+    # Per step: the same movement per pass on 1,000 rows (4 steps) as on 32,561 (128 steps).
+    assert run.method_kwargs(run.steps_per_epoch(1000))["dual_lr"] == pytest.approx(1.25 / 4)
+    assert run.method_kwargs(run.steps_per_epoch(32561))["dual_lr"] == pytest.approx(1.25 / 128)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=400).dual_lr == pytest.approx(0.125)
+    assert "η_λ = 0.125 per pass" in cfg.header(400)
+    assert "η_λ = 1.25 per pass (0.00977 per step)" in cfg.header(40, num_train=32561)
+    fixed = _cfg(tmp_path, dual_lr=0.05, dual_lr_unit="step").train_config("ceag", 0.9, 0, num_groups=400)
+    assert fixed.method_kwargs(fixed.steps_per_epoch(10**6))["dual_lr"] == 0.05
+    assert "η_λ = 0.05 per step" in _cfg(tmp_path, dual_lr=0.05, dual_lr_unit="step").header(400)
+
+
+def test_constrained_groups_default_to_the_reported_ones(tmp_path):
+    cfg = _cfg(tmp_path, min_count=30)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=3).constrained_min_count == 30
+    assert _cfg(tmp_path, constrain_min_count=0).train_config("ceag", 0.9, 0, num_groups=3).constrained_min_count == 0
+    counts = torch.tensor([0, 5, 29, 30, 500])
+    assert constraint_note(counts, cfg) == (
+        "constraints: 2 groups with >= 30 training samples are constrained (the groups the report judges); "
+        "the other 2 keep λ = 0 (--constrain-min-count; 0 constrains every group)"
+    )
+    every = _cfg(tmp_path, constrain_min_count=0)
+    assert constraint_note(counts, every) == "constraints: all 4 groups with training samples are constrained"
 
 
 def test_config_round_trips(tmp_path):

@@ -298,11 +298,11 @@ def test_history_files_and_phase_plumbing(uninterrupted):
     assert math.isnan(h[0]["train_max_psi"]) and not math.isnan(h[-1]["test_psi_pw"])
 
 
-def test_nft_vs_ceag_through_trainer():
-    """The end-to-end effect: NFT leaves a minority group's ψ above ε, CEAG does not."""
-    x, y, g = _data()
-    model = _model(x.shape[1])
-    gen = torch.Generator().manual_seed(0)
+def _nft_and_ceag(seed: int) -> tuple[dict, dict]:
+    """The last history rows of NFT and CEAG fine-tuning one dense model (data, model, order by ``seed``)."""
+    x, y, g = _data(seed)
+    model = _model(x.shape[1], seed)
+    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     for _ in range(30):
         perm = torch.randperm(len(y), generator=gen)
@@ -325,17 +325,33 @@ def test_nft_vs_ceag_through_trainer():
             lr_milestones=(0.75,),
             buffer_size=20,
             eval_test=False,
+            seed=seed,
             method_options={} if name == "nft" else {"multiplier_sum_warning": None},
         )
         t = Trainer(cfg, copy.deepcopy(model), TensorDataset(x, y, g))
         t.fit()
         reports[name] = t.history[-1]
-    nft, ceag = reports["nft"], reports["ceag"]
-    assert nft["train_max_psi"] > 2 * EPS, nft
-    assert ceag["train_max_psi"] <= EPS + 0.005, ceag
-    assert abs(ceag["train_accuracy"] - nft["train_accuracy"]) <= 0.03
-    assert ceag["train_psi_pw"] < nft["train_psi_pw"]
-    assert nft["multiplier_sum"] == 0 and ceag["multiplier_sum"] > 0
+    return reports["nft"], reports["ceag"]
+
+
+def test_nft_vs_ceag_through_trainer():
+    """The end-to-end effect on three seeds: NFT leaves minority groups above ε (above 2ε on
+    average), CEAG keeps every group within ε on every seed at NFT's accuracy (± 3 points).
+    Measured (AMD EPYC, seeds 0-4, train max ψ): NFT 6.4, 3.3, 8.3, 7.8, 9.1; CEAG 0.3-1.1,
+    accuracy within 1.5 points."""
+    seeds = (0, 1, 2)
+    runs = {seed: _nft_and_ceag(seed) for seed in seeds}
+
+    def mean(method: int, key: str) -> float:
+        return sum(pair[method][key] for pair in runs.values()) / len(seeds)
+
+    assert mean(0, "train_max_psi") > 2 * EPS, runs
+    assert mean(1, "train_psi_pw") < 0.75 * mean(0, "train_psi_pw"), runs  # measured 3.5 vs 7.7
+    for seed, (nft, ceag) in runs.items():
+        assert nft["train_max_psi"] > EPS, (seed, nft)
+        assert ceag["train_max_psi"] <= EPS + 0.005, (seed, ceag)
+        assert abs(ceag["train_accuracy"] - nft["train_accuracy"]) <= 0.03, seed
+        assert nft["multiplier_sum"] == 0 and ceag["multiplier_sum"] > 0, seed
 
 
 def test_constrain_min_count_leaves_small_groups_unconstrained(small):

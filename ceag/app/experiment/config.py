@@ -16,6 +16,7 @@ from ceag.train import (
     METHOD_NAMES,
     TrainConfig,
 )
+from ceag.train.config import steps_per_epoch
 from ceag.train.dense import DENSE_OPTIMIZERS
 
 #: Methods whose formulation the experiment's primal / multiplier_scale / dual_* fields set.
@@ -24,8 +25,9 @@ METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 #: The folder under ``output_root`` holding dense models shared between experiments (a
 #: reserved name: experiment names may not start with ".").
 DENSE_CACHE = ".dense-cache"
-#: η_λ = DUAL_LR_PER_GROUPS / G when ExperimentConfig.dual_lr is None.
-DUAL_LR_PER_GROUPS = 0.4
+#: η_λ = DUAL_LR_PER_GROUPS / G per pass over the training data when ExperimentConfig.dual_lr
+#: is None (docs/method.md: 0.4 / G per step on adult's 128 steps per epoch, made per pass).
+DUAL_LR_PER_GROUPS = 50.0
 #: Help sections of the command line (a field with a ``group`` is a flag of ``ceag run``).
 DATA, METHODS_GROUP, SCHEDULE, OUTPUT, FAULTS = "data and model", "methods", "schedule", "output", "faults"
 
@@ -38,13 +40,14 @@ class ExperimentConfig:
     constraints on) uses the paper's optimiser settings (:class:`ceag.train.TrainConfig`).
     ψ is reported over groups with at least ``min_count`` samples in the split.
 
-    Defaults differ from the paper's where the small tabular models need it (tuned on adult
-    and census-kdd, docs/results.md): a short GMP phase, a long mitigation phase (40 epochs:
-    with the LR decays at 60/80/90% of the sparse epochs the constraints get 20 epochs at the
-    full LR; with 20 they got 8, and the gaps froze mid-descent, docs/method.md), and
-    η_λ = 0.4 / G unless ``dual_lr`` is given. Scaling η_λ by 1/G keeps the growth rate of
-    Σ_g λ_g (which takes weight away from the average loss) about the same at any G:
-    1e-2 at adult's 40 groups, 1e-3 at census-kdd's 400, where 1e-2 collapses the model.
+    Defaults differ from the paper's where the small tabular models need it (measured on
+    adult at 1k, 5k and 32k rows and census-kdd, docs/results.md): a short GMP phase, a long
+    mitigation phase (40 epochs: with the LR decays at 60/80/90% of the sparse epochs the
+    constraints get 20 epochs at the full LR; with 20 they got 8, and the gaps froze
+    mid-descent, docs/method.md), and η_λ = 50 / G per pass over the training data unless
+    ``dual_lr`` is given (``dual_lr_unit`` "pass": the dual moves as far per epoch on 700 rows
+    as on 700,000). Scaling η_λ by 1/G keeps the growth rate of Σ_g λ_g (which takes weight
+    away from the average loss) about the same at any G.
 
     Faults: ``checkpoint_every_steps`` > 0 checkpoints runs within epochs too (a killed run
     loses at most that many steps); ``on_nonfinite`` ("stop" or "skip") is what a NaN / Inf
@@ -71,12 +74,19 @@ class ExperimentConfig:
     tolerance: float = same_as(TrainConfig, "tolerance", group=METHODS_GROUP, flags=("--tolerance", "--epsilon"))
     buffer_size: int = same_as(TrainConfig, "buffer_size", group=METHODS_GROUP, passed_on=False)
     dual_lr: float | None = same_as(
-        TrainConfig, "dual_lr", None, group=METHODS_GROUP, parse=float, passed_on=False, default_text="0.4 / number of groups"
+        TrainConfig,
+        "dual_lr",
+        None,
+        group=METHODS_GROUP,
+        parse=float,
+        passed_on=False,
+        default_text=f"{DUAL_LR_PER_GROUPS:g} / number of groups, per pass",
     )
+    dual_lr_unit: str = same_as(TrainConfig, "dual_lr_unit", "pass", group=METHODS_GROUP)
     max_multiplier_sum: float | None = option(
         None, help="cap Σ_g λ_g after each dual step", default_text="no cap", group=METHODS_GROUP, parse=float
     )
-    constrain_min_count: int = same_as(TrainConfig, "constrain_min_count", group=METHODS_GROUP)
+    constrain_min_count: int | None = same_as(TrainConfig, "constrain_min_count", group=METHODS_GROUP)
     # CEAG's formulation (docs/method.md), for "ceag" and "ceag_batch"; "ceag_paper" is fixed.
     primal: str = option(
         "positive",
@@ -200,13 +210,23 @@ class ExperimentConfig:
         return self
 
     def resolved_dual_lr(self, num_groups: int) -> float:
-        """η_λ: ``dual_lr``, or ``DUAL_LR_PER_GROUPS / num_groups`` when it is None."""
+        """η_λ in ``dual_lr_unit``: ``dual_lr``, or ``DUAL_LR_PER_GROUPS / num_groups`` when it is None."""
         return self.dual_lr if self.dual_lr is not None else DUAL_LR_PER_GROUPS / num_groups
 
-    def header(self, num_groups: int) -> str:
+    def dual_lr_text(self, num_groups: int, num_train: int | None = None) -> str:
+        """η_λ as the user reads it: "1.25 per pass (0.00977 per step)"."""
+        lr = self.resolved_dual_lr(num_groups)
+        if self.dual_lr_unit == "step":
+            return f"{lr:.3g} per step"
+        per_step = ""
+        if num_train is not None:
+            per_step = f" ({lr / steps_per_epoch(num_train, self.batch_size):.3g} per step)"
+        return f"{lr:.3g} per pass{per_step}"
+
+    def header(self, num_groups: int, num_train: int | None = None) -> str:
         """The line above a results table: data set, ε, η_λ, seeds."""
         return (
-            f"{self.dataset}, ε = {self.tolerance:g}, η_λ = {self.resolved_dual_lr(num_groups):.3g}, "
+            f"{self.dataset}, ε = {self.tolerance:g}, η_λ = {self.dual_lr_text(num_groups, num_train)}, "
             f"seeds {', '.join(map(str, self.seeds))}; ψ over groups with ≥ {self.min_count} samples; "
             "percent, mean ± std over seeds; **bold** max ψ: within ε."
         )

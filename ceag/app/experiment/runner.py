@@ -186,6 +186,21 @@ def resolution_note(count: torch.Tensor, tolerance: float, min_count: int) -> st
     )
 
 
+def constraint_note(count: torch.Tensor, cfg: ExperimentConfig) -> str:
+    """One line on which groups the constrained methods constrain (``constrain_min_count``)."""
+    present = count > 0
+    threshold = cfg.train_config(cfg.methods[0], cfg.sparsities[0], cfg.seeds[0], num_groups=1).constrained_min_count
+    constrained = int((present & (count >= threshold)).sum())
+    free = int(present.sum()) - constrained
+    if free == 0:
+        return f"constraints: all {constrained} groups with training samples are constrained"
+    same = " (the groups the report judges)" if threshold == cfg.min_count else ""
+    return (
+        f"constraints: {constrained} groups with >= {threshold} training samples are constrained{same}; "
+        f"the other {free} keep λ = 0 (--constrain-min-count; 0 constrains every group)"
+    )
+
+
 def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
     """The experiment's data set, fetching it first if needed (real data sets only)."""
     if cfg.dataset in datasets.DATASETS and cfg.dataset != "synthetic" and not datasets.is_fetched(cfg.dataset, cfg.data_root):
@@ -265,6 +280,9 @@ def _run_experiment(
     note = resolution_note(counts, cfg.tolerance, cfg.min_count)
     if note:
         log(note)
+    if any(METHODS[m].constrained for m in cfg.methods):
+        log(constraint_note(counts, cfg))
+        log(f"dual step: η_λ = {cfg.dual_lr_text(data.num_groups, len(data.train))}")
     runs: list[RunResult] = []
     for seed in cfg.seeds:
         dense = None
