@@ -49,6 +49,10 @@ class ConstrainedMethod(Method):
             10 samples moves ψ_g by 10 points per sample, and its multiplier grows unchecked).
         multiplier_sum_warning: warn when Σ_g |λ_g| reaches this (None: never); only with the
             paper's primal objective, whose average-loss weight turns negative at Σλ = 1.
+        held_out: the replay buffers hold held-out samples, fed by :meth:`observe`, and
+            :meth:`step` leaves them alone: the dual step then measures the violation on data
+            the primal step does not fit (Cotter et al., ICML 2019, "two datasets"). Needs
+            buffers; the dense reference must then be measured on the same held-out samples.
         process_group: with torch.distributed initialised, the statistics behind the dual
             step (buffer sums and fills, or batch loss sums / counts) are all-reduced over
             this group (None: the default group) so every rank takes the same dual step;
@@ -73,6 +77,7 @@ class ConstrainedMethod(Method):
         max_multiplier_sum: float | None = None,
         constrained: Tensor | None = None,
         multiplier_sum_warning: float | None = 0.8,
+        held_out: bool = False,
         distributed: bool = True,
         process_group: Any = None,
         label_smoothing: float = 0.0,
@@ -89,6 +94,9 @@ class ConstrainedMethod(Method):
         if buffer_size is not None:
             _check_int("buffer_size", buffer_size, 1)
         self.buffer_size = buffer_size
+        if held_out and buffer_size is None:
+            raise ValueError("held_out=True needs replay buffers (buffer_size): they hold the held-out samples")
+        self.held_out = bool(held_out)
         if max_multiplier_sum is not None:
             max_multiplier_sum = _to_float("max_multiplier_sum", max_multiplier_sum)
             if not max_multiplier_sum > 0:
@@ -222,15 +230,16 @@ class ConstrainedMethod(Method):
         self._validate(logits, target, group)
         G = self.num_groups
         nan = torch.full((G,), math.nan, dtype=torch.float64, device=logits.device)
+        fill = self.uses_buffers and not self.held_out
         if not self._active:
             out, loss, w = self._nft_step(logits, target, group)
-            if self.uses_buffers:
+            if fill:
                 self._update_buffers(out, logits, target, group)
             self.num_steps += 1
             return StepOutput(loss, loss.detach(), out, w, self.multipliers, nan, self._surrogate(out))
 
         out = self._forward(logits, target, group)
-        if self.uses_buffers:
+        if fill:
             self._update_buffers(out, logits, target, group)
         violation = self._dual_step(out)
 
@@ -242,6 +251,14 @@ class ConstrainedMethod(Method):
         mean_loss = out.loss_sum.detach().sum() / cnt.sum().clamp_min(1)
         self.num_steps += 1
         return StepOutput(loss, mean_loss, out, w, lam.clone(), violation, self._surrogate(out))
+
+    @torch.no_grad()
+    def observe(self, logits: Tensor, target: Tensor, group: Tensor) -> None:
+        """Push held-out samples (``held_out=True``) into the replay buffers; no dual or primal step."""
+        if not self.held_out:
+            raise RuntimeError(f"{type(self).__name__}.observe needs held_out=True (else step() fills the buffers)")
+        self._validate(logits, target, group)
+        self._update_buffers(self._forward(logits.detach(), target, group), logits, target, group)
 
     def _update_buffers(self, out: GroupCrossEntropy, logits: Tensor, target: Tensor, group: Tensor) -> None:
         values = self._buffer_values(out, logits, target)

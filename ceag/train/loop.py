@@ -53,6 +53,12 @@ class Trainer:
             already has masked layers.
         train_set: map-style dataset of ``(inputs, target, group)`` samples.
         test_set: the same for evaluation (optional).
+        val_set: held-out samples for the dual step (optional, the same layout): a method
+            with replay buffers (ceag, ceag_paper, el_rb) then fills them from a batch of
+            ``val_set`` per step (the model in eval mode, no gradient) instead of the training
+            batch, against the dense model's accuracies on ``val_set``; ψ on it is logged
+            as ``val_*`` each epoch. Keep these samples out of dense training too, or the
+            dense reference is as inflated as on the training split.
         dense_stats: the dense model's train-set :class:`GroupStats`, if already known
             (otherwise computed from the model before pruning).
 
@@ -67,6 +73,7 @@ class Trainer:
         train_set: Dataset,
         test_set: Dataset | None = None,
         *,
+        val_set: Dataset | None = None,
         dense_stats: GroupStats | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
@@ -91,6 +98,17 @@ class Trainer:
         self.num_train = len(train_set)  # type: ignore[arg-type]
         if self.num_train == 0:
             raise ValueError("train_set is empty")
+        self.val_set = val_set
+        if val_set is not None:
+            if len(val_set) == 0:  # type: ignore[arg-type]
+                raise ValueError("val_set is empty (pass None for no held-out samples)")
+            spec = METHODS[config.method]
+            if spec.constrained and not spec.uses_buffers:
+                raise ValueError(
+                    f"val_set: method {config.method!r} has no replay buffers to fill with held-out samples; "
+                    "use ceag, ceag_paper or el_rb, or no val_set"
+                )
+        self._val_order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation of val_set)
 
         self.schedule = GMPSchedule(
             config.initial_sparsity,
@@ -125,6 +143,7 @@ class Trainer:
 
         self.dense_stats: GroupStats | None = dense_stats.cpu() if dense_stats is not None else None
         self.dense_test_stats: GroupStats | None = None
+        self.dense_val_stats: GroupStats | None = None
         self.method: Method | None = None
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # global epoch (dense then sparse) of the next batch
@@ -185,9 +204,15 @@ class Trainer:
     def _build_method(self) -> Method:
         assert self.dense_stats is not None
         kwargs = self.config.method_kwargs(self.config.steps_per_epoch(self.num_train))
-        if METHODS[self.config.method].constrained and self.config.constrained_min_count > 0:
+        spec = METHODS[self.config.method]
+        if spec.constrained and self.config.constrained_min_count > 0:
             kwargs["constrained"] = self.dense_stats.count >= self.config.constrained_min_count
-        return build_method(self.config.method, self.config.num_groups, dense=self.dense_stats, device=self.device, **kwargs)
+        dense = self.dense_stats
+        if self.val_set is not None and spec.uses_buffers:
+            assert self.dense_val_stats is not None
+            kwargs["held_out"] = True
+            dense = self.dense_val_stats
+        return build_method(self.config.method, self.config.num_groups, dense=dense, device=self.device, **kwargs)
 
     def _compute_dense_stats(self) -> None:
         if self.dense_stats is None:
@@ -196,6 +221,10 @@ class Trainer:
             )
         if self.test_set is not None and self.dense_test_stats is None:
             self.dense_test_stats = self._evaluate(self.test_set)
+        if self.val_set is not None and self.dense_val_stats is None:
+            self.dense_val_stats = dense_reference(
+                self.model, self._eval_batches(self.val_set), self.config.num_groups, device=self.device
+            )
         self.method = self._build_method()
 
     # -- phases ----------------------------------------------------------------------------
@@ -246,6 +275,8 @@ class Trainer:
         for inputs, target, group in bar:
             inputs, target, group = (t.to(self.device, non_blocking=True) for t in (inputs, target, group))
             undo = UndoPoint(None if dense else self.method, self.device, self._running_stats)
+            if not dense and getattr(self.method, "held_out", False):
+                self._observe_held_out(epoch, self.batch)
             logits = module(inputs)
             lam = None
             if dense:
@@ -297,6 +328,26 @@ class Trainer:
         timing["seconds"] += time.perf_counter() - start
         bar.close()
 
+    def _observe_held_out(self, epoch: int, batch: int) -> None:
+        """Feed the method's buffers one batch of ``val_set``: batch ``batch`` of epoch ``epoch``
+        cycles through a per-epoch permutation (a function of seed, epoch and batch, so a
+        resumed run sees the same samples); this rank's slice of it; model in eval mode."""
+        assert self.val_set is not None and self.method is not None
+        n = len(self.val_set)  # type: ignore[arg-type]
+        if self._val_order is None or self._val_order[0] != epoch:
+            self._val_order = (epoch, epoch_permutation(n, self.config.seed + 1, epoch))
+        size = min(self.config.batch_size, n)
+        idx = self._val_order[1][(batch * size + torch.arange(size)) % n]
+        part = (self.rank, self.world_size) if self.world_size > 1 else None
+        inputs, target, group = next(iter(batches(self.val_set, idx, size, part=part)))
+        inputs, target, group = (t.to(self.device, non_blocking=True) for t in (inputs, target, group))
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(inputs)
+        self.model.train(was_training)
+        self.method.observe(logits, target, group)  # type: ignore[union-attr]
+
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         c = self.config
         dense = epoch < c.dense_epochs
@@ -324,6 +375,8 @@ class Trainer:
             splits.append(("train", self.train_set, self.dense_stats))
         if c.eval_test and self.test_set is not None:
             splits.append(("test", self.test_set, self.dense_test_stats))
+        if self.val_set is not None:
+            splits.append(("val", self.val_set, self.dense_val_stats))
         self.last_eval = {}
         for name, data, ref in splits:
             stats = self.last_eval[name] = self._evaluate(data)
@@ -425,6 +478,7 @@ class Trainer:
             "method": self.method.state_dict() if self.method is not None else None,
             "dense_stats": self.dense_stats.state_dict() if self.dense_stats is not None else None,
             "dense_test_stats": self.dense_test_stats.state_dict() if self.dense_test_stats is not None else None,
+            "dense_val_stats": self.dense_val_stats.state_dict() if self.dense_val_stats is not None else None,
             "history": [dict(r) for r in self.history],
             "rng": rng_state(),
         }
@@ -450,6 +504,14 @@ class Trainer:
             self.dense_stats = GroupStats.from_state_dict(state["dense_stats"])
         if state["dense_test_stats"] is not None:
             self.dense_test_stats = GroupStats.from_state_dict(state["dense_test_stats"])
+        if state.get("dense_val_stats") is not None:
+            self.dense_val_stats = GroupStats.from_state_dict(state["dense_val_stats"])
+        if (self.val_set is not None) != (self.dense_val_stats is not None) and state["method"] is not None:
+            raise ValueError(
+                "cannot resume: the checkpoint was "
+                + ("made without" if self.val_set is not None else "made with")
+                + " a val_set (held-out samples for the dual step); resume it the way it was started"
+            )
         if state["method"] is not None:
             self.method = self._build_method()
             self.method.load_state_dict(state["method"])
@@ -506,10 +568,11 @@ def train(
     train_set: Dataset,
     test_set: Dataset | None = None,
     *,
+    val_set: Dataset | None = None,
     dense_stats: GroupStats | None = None,
     resume: bool = False,
 ) -> Trainer:
     """Build a :class:`Trainer` and run it to the end; returns the trainer."""
-    trainer = Trainer(config, model, train_set, test_set, dense_stats=dense_stats)
+    trainer = Trainer(config, model, train_set, test_set, val_set=val_set, dense_stats=dense_stats)
     trainer.fit(resume=resume)
     return trainer

@@ -81,7 +81,7 @@ def fetch_hint(name: str, force: bool = False) -> str:
 class GroupedDataset:
     """A classification data set whose samples carry a group id.
 
-    ``train`` and ``test`` are ``TensorDataset(x, y, group)`` with ``x`` float32
+    ``train`` and ``test`` (and ``val``, when samples are held out of ``train``) are ``TensorDataset(x, y, group)`` with ``x`` float32
     ``[N, *input_shape]``, ``y`` int64 ``[N]`` in ``[0, num_classes)`` and ``group`` int64
     ``[N]`` in ``[0, num_groups)``. Every id in ``[0, num_groups)`` is a group with a name,
     whether or not it has samples in a split.
@@ -96,6 +96,8 @@ class GroupedDataset:
     class_names: tuple[str, ...]
     input_shape: tuple[int, ...]
     description: str
+    #: Samples held out of the training split (:func:`hold_out`), or None.
+    val: TensorDataset | None = None
 
     def __post_init__(self) -> None:
         if self.num_classes < 1 or self.num_groups < 1:
@@ -104,7 +106,7 @@ class GroupedDataset:
             raise ValueError(f"{self.name}: {len(self.group_names)} group_names for num_groups={self.num_groups}")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{self.name}: {len(self.class_names)} class_names for num_classes={self.num_classes}")
-        for split in ("train", "test"):
+        for split in ("train", "test", "val") if self.val is not None else ("train", "test"):
             tensors = getattr(self, split).tensors
             if len(tensors) != 3:
                 raise ValueError(f"{self.name}.{split}: expected tensors (x, y, group), got {len(tensors)}")

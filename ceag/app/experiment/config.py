@@ -60,6 +60,13 @@ class ExperimentConfig:
     train_samples: int | None = option(
         None, help="train on a fixed random subset of this many samples", default_text="all", group=DATA, parse=int
     )
+    val_fraction: float = option(
+        0.0,
+        help="hold out this fraction of every group's training samples: the dense model and every method "
+        "train on the rest, and the replay buffers of ceag / ceag_paper / el_rb measure the dual step's "
+        "violations on it (0: none)",
+        group=DATA,
+    )
     arch: str = option("auto", help="auto (MLP for tables, CNN for images), mlp, cnn, resnet18 or resnet56", group=DATA)
     hidden: tuple[int, ...] = option((512, 512), help="MLP hidden widths, e.g. 512,512", group=DATA, parse=comma_list(int))
 
@@ -179,6 +186,10 @@ class ExperimentConfig:
             isinstance(self.train_samples, bool) or not isinstance(self.train_samples, int) or self.train_samples < 1
         ):
             raise ValueError(f"train_samples must be an integer >= 1 (or None for all), got {self.train_samples!r}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)):
+            raise TypeError(f"val_fraction must be a number in [0, 0.5], got {self.val_fraction!r}")
+        if not (math.isfinite(self.val_fraction) and 0.0 <= self.val_fraction <= 0.5):
+            raise ValueError(f"val_fraction must be in [0, 0.5], got {self.val_fraction!r}")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ValueError(f"tolerance (ε) must be >= 0, got {self.tolerance}")
         if isinstance(self.dense_epochs, bool) or not isinstance(self.dense_epochs, int) or self.dense_epochs < 0:

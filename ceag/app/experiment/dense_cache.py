@@ -47,6 +47,8 @@ def _dense_key(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) 
         "torch": torch.__version__.split("+")[0],
         "version": 1,
     }
+    if cfg.val_fraction > 0:  # held-out samples are left out of dense training
+        fields["val_fraction"] = cfg.val_fraction
     if cfg.dataset == datasets.TABLE:  # the file's content, not only its path
         fields["table"] = table_digest(cfg.dataset_options)
     if cfg.dataset == datasets.IMAGES:

@@ -123,7 +123,7 @@ def run_one(
     if done is not None:
         return done
     tcfg = cfg.train_config(method, sparsity, seed, num_groups=data.num_groups, output_dir=str(out))
-    trainer = Trainer(tcfg, copy.deepcopy(dense), data.train, data.test)
+    trainer = Trainer(tcfg, copy.deepcopy(dense), data.train, data.test, val_set=data.val)
     trainer.on_epoch_end = on_epoch_end
     trainer.fit(resume=True)
     summary, psi, count = _final_report(trainer, data, cfg)
@@ -208,7 +208,30 @@ def load_data(cfg: ExperimentConfig) -> datasets.GroupedDataset:
     data = datasets.load(cfg.dataset, cfg.data_root, **cfg.dataset_options)
     if cfg.train_samples is not None:
         data = _train_subset(data, cfg.train_samples)
+    if cfg.val_fraction > 0:
+        data = hold_out(data, cfg.val_fraction)
     return data
+
+
+def hold_out(data: datasets.GroupedDataset, fraction: float) -> datasets.GroupedDataset:
+    """``data`` with round(fraction · n_g) training samples of every group g moved to ``val``
+    (a fixed random choice: the same for every run seed and method)."""
+    x, y, g = data.train.tensors
+    gen = torch.Generator().manual_seed(_SUBSET_SEED + 1)
+    order = torch.randperm(len(g), generator=gen)
+    order = order[torch.argsort(g[order], stable=True)]  # grouped, random within each group
+    counts = torch.bincount(g, minlength=data.num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(g)) - starts[g[order]]  # position within its group
+    take = torch.round(counts.double() * fraction).long()
+    is_val = torch.zeros(len(g), dtype=torch.bool)
+    is_val[order[rank < take[g[order]]]] = True
+    if not bool(is_val.any()):
+        raise UsageError(f"val_fraction={fraction} holds out no sample of the {len(g)} training samples")
+    val = torch.utils.data.TensorDataset(x[is_val], y[is_val], g[is_val])
+    train = torch.utils.data.TensorDataset(x[~is_val], y[~is_val], g[~is_val])
+    note = f"{data.description} ({int(is_val.sum())} training samples held out for the dual step)"
+    return dataclasses.replace(data, train=train, val=val, description=note)
 
 
 #: Seed of the ``train_samples`` subset: the same images for every run seed and method.
@@ -267,7 +290,9 @@ def _run_experiment(
         folder_cfg = _check_config_file(cfg, out)
     grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
     log(
-        f"{data.name}: {len(data.train)} train / {len(data.test)} test samples, {data.num_groups} groups; "
+        f"{data.name}: {len(data.train)} train / {len(data.test)} test samples"
+        + (f" / {len(data.val)} held out for the dual step" if data.val is not None else "")
+        + f", {data.num_groups} groups; "
         f"{len(grid)} runs -> {out}"
     )
     counts = torch.bincount(data.train.tensors[2], minlength=data.num_groups)
