@@ -151,10 +151,39 @@ def test_folder_of_another_config_is_refused(tmp_path):
     run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0, 1), name="x"), log=lambda _: None, plots=False)
 
 
+def test_a_folder_from_before_a_new_field_reads_as_that_fields_default(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="x")
+    run_experiment(cfg, log=lambda _: None, plots=False)
+    path = cfg.output_dir / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["val_fraction"]  # written before the field existed
+    path.write_text(json.dumps(saved))
+    run_experiment(cfg, log=lambda _: None, plots=False)  # the default: the same experiment
+    with pytest.raises(ValueError, match="different config.*val_fraction"):
+        run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0,), name="x", val_fraction=0.2), log=lambda _: None)
+
+
+def test_val_fraction_holds_out_every_groups_share(tmp_path):
+    from ceag.app.experiment.runner import hold_out, load_data
+
+    data = load_data(_cfg(tmp_path))
+    held = hold_out(data, 0.25)
+    g_all, g_val, g_fit = data.train.tensors[2], held.val.tensors[2], held.train.tensors[2]
+    counts = torch.bincount(g_all, minlength=data.num_groups)
+    assert torch.equal(torch.bincount(g_val, minlength=data.num_groups), torch.round(counts.double() * 0.25).long())
+    assert len(g_val) + len(g_fit) == len(g_all)
+    assert torch.equal(hold_out(data, 0.25).val.tensors[0], held.val.tensors[0])  # the same rows every time
+    # No row is in both: the held-out rows are not among the fitted ones.
+    fit_rows = {tuple(r) for r in held.train.tensors[0][:, :4].tolist()}
+    assert not any(tuple(r) in fit_rows for r in held.val.tensors[0][:, :4].tolist())
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
         ({"dataset": "mnist"}, "dataset must be one of"),
+        ({"val_fraction": 0.6}, "val_fraction"),
+        ({"val_fraction": -0.1}, "val_fraction"),
         ({"sparsities": (1.0,)}, r"sparsity must be in \[0, 1\)"),
         ({"sparsities": (-0.1,)}, r"sparsity must be in \[0, 1\)"),
         ({"sparsities": (float("nan"),)}, r"sparsity must be in \[0, 1\)"),
