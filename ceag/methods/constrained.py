@@ -49,6 +49,10 @@ class ConstrainedMethod(Method):
             10 samples moves ψ_g by 10 points per sample, and its multiplier grows unchecked).
         multiplier_sum_warning: warn when Σ_g |λ_g| reaches this (None: never); only with the
             paper's primal objective, whose average-loss weight turns negative at Σλ = 1.
+        dual_decay: ρ >= 0, resilient constraints (Hounie et al., NeurIPS 2023): the dual step
+            ascends ψ̂_g − target − ρ λ_g, the gradient of a quadratic cost ρ u²/2 on relaxing
+            the constraint by u, so where ε cannot be met λ_g settles near violation / ρ
+            instead of growing without bound (default 0: the paper's dual).
         held_out: the replay buffers hold held-out samples, fed by :meth:`observe`, and
             :meth:`step` leaves them alone: the dual step then measures the violation on data
             the primal step does not fit (Cotter et al., ICML 2019, "two datasets"). Needs
@@ -77,6 +81,7 @@ class ConstrainedMethod(Method):
         max_multiplier_sum: float | None = None,
         constrained: Tensor | None = None,
         multiplier_sum_warning: float | None = 0.8,
+        dual_decay: float = 0.0,
         held_out: bool = False,
         distributed: bool = True,
         process_group: Any = None,
@@ -97,6 +102,7 @@ class ConstrainedMethod(Method):
         if held_out and buffer_size is None:
             raise ValueError("held_out=True needs replay buffers (buffer_size): they hold the held-out samples")
         self.held_out = bool(held_out)
+        self.dual_decay = _check_nonneg("dual_decay", dual_decay)
         if max_multiplier_sum is not None:
             max_multiplier_sum = _to_float("max_multiplier_sum", max_multiplier_sum)
             if not max_multiplier_sum > 0:
@@ -291,13 +297,16 @@ class ConstrainedMethod(Method):
         observed = observed & torch.isfinite(violation)
         violation = torch.where(observed, violation, torch.nan)
         weight = self.multiplier.weight
+        ascent = violation
+        if self.dual_decay > 0:  # resilient: the relaxation's cost pulls λ back
+            ascent = violation - self.dual_decay * weight.detach().view(-1).to(violation.dtype)
         is_pi = isinstance(self.dual_optimizer, PI)
         if is_pi or _is_stateless_sgd(self.dual_optimizer):
             # The dual Lagrangian sum_g λ_g v_g has gradient v_g in λ_g: set it directly instead of
             # building Cooper's dual Lagrangian and backpropagating through it. Same update for
             # stateless SGD (unobserved groups get 0 and stay put), ~0.5 ms less per step; PI
             # takes the mask of observed groups itself.
-            weight.grad = torch.where(observed, violation, 0.0).to(weight.dtype).view_as(weight)
+            weight.grad = torch.where(observed, ascent, 0.0).to(weight.dtype).view_as(weight)
             if is_pi:
                 self.dual_optimizer.step(observed)
             else:
@@ -309,7 +318,7 @@ class ConstrainedMethod(Method):
             if stepped:
                 # Stateful optimizers (nuPI, momentum) need Cooper's sparse gradient so that
                 # unobserved groups do not advance.
-                cmp_state = self.cmp.compute_cmp_state(violation[idx].to(weight.dtype), idx)
+                cmp_state = self.cmp.compute_cmp_state(ascent[idx].to(weight.dtype), idx)
                 self.dual_optimizer.zero_grad(set_to_none=True)
                 cmp_state.compute_dual_lagrangian().backward()
                 self.dual_optimizer.step()

@@ -560,3 +560,28 @@ def test_margin_moves_the_dual_target(margin):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="margin"):
             CEAG(G, dense, margin=bad)
+
+
+@pytest.mark.parametrize("dual_optimizer", ["sgd", "nupi"])
+def test_dual_decay_bounds_a_multiplier_at_violation_over_decay(dual_optimizer):
+    """A constraint that cannot be met (group 0 always wrong, ψ_0 = 0.5): λ_0 grows without
+    bound by plain dual ascent, and settles at ψ_0 / ρ with dual_decay ρ (resilient)."""
+    dense = GroupStats(
+        count=torch.tensor([10, 10]), correct=torch.tensor([10, 10]), loss_sum=torch.zeros(2, dtype=torch.float64)
+    )
+    logits = torch.tensor([[0.0, 1.0]] * 4 + [[1.0, 0.0]] * 4)
+    target = torch.zeros(8, dtype=torch.long)
+    target[:4] = 0  # group 0 predicts class 1: always wrong; group 1 predicts class 0: right
+    group = torch.tensor([0] * 4 + [1] * 4)
+    kw = dict(buffer_size=None, dual_lr=0.5, dual_optimizer=dual_optimizer, dual_optimizer_kwargs={"Kp": 0.0, "Ki": 1.0})
+    if dual_optimizer == "sgd":
+        kw.pop("dual_optimizer_kwargs")
+    plain, resilient = CEAG(2, dense, **kw), CEAG(2, dense, dual_decay=1.0, **kw)
+    for _ in range(60):
+        plain.step(logits, target, group)
+        resilient.step(logits, target, group)
+    assert float(plain.multipliers[0]) == pytest.approx(60 * 0.5 * 0.5)
+    assert float(resilient.multipliers[0]) == pytest.approx(0.5, abs=1e-6)
+    assert float(resilient.multipliers[1]) == 0.0
+    with pytest.raises(ValueError, match="dual_decay"):
+        CEAG(2, dense, dual_decay=-1.0)

@@ -109,6 +109,12 @@ class ExperimentConfig:
         help="CEAG: λ_g as the paper (absolute) or times the group's batch share",
     )
     margin: float = option(1.0, group=METHODS_GROUP, help="CEAG's dual step aims at ψ_g ≤ (1 - margin) ε (0: the paper)")
+    dual_decay: float = option(
+        0.0,
+        group=METHODS_GROUP,
+        help="resilient constraints: the dual ascends ψ_g - target - dual_decay·λ_g, so λ_g stays bounded where ε "
+        "is out of reach (0: the paper's dual)",
+    )
     dual_optimizer: str = same_as(TrainConfig, "dual_optimizer", group=METHODS_GROUP, choices=DUAL_OPTIMIZERS, passed_on=False)
     dual_kp: float = option(0.0, group=METHODS_GROUP, help="PI proportional gain K_P")
     dual_ki: float = option(1.0, group=METHODS_GROUP, help="PI integral gain K_I")
@@ -203,7 +209,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin <= 1.0):
             raise ValueError(f"margin must be in [0, 1], got {self.margin!r}")
-        for name in ("dual_kp", "dual_ki"):
+        for name in ("dual_kp", "dual_ki", "dual_decay"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -268,6 +274,8 @@ class ExperimentConfig:
         options: dict[str, Any] = {}
         if method in FORMULATION_METHODS:
             options.update(primal=self.primal, multiplier_scale=self.multiplier_scale, margin=self.margin)
+            if self.dual_decay:
+                options["dual_decay"] = self.dual_decay
             if self.dual_optimizer != "sgd":
                 options["dual_optimizer_kwargs"] = {"Kp": self.dual_kp, "Ki": self.dual_ki}
             options.update(self.method_options)
