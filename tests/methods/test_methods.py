@@ -566,9 +566,7 @@ def test_margin_moves_the_dual_target(margin):
 def test_dual_decay_bounds_a_multiplier_at_violation_over_decay(dual_optimizer):
     """A constraint that cannot be met (group 0 always wrong, ψ_0 = 0.5): λ_0 grows without
     bound by plain dual ascent, and settles at ψ_0 / ρ with dual_decay ρ (resilient)."""
-    dense = GroupStats(
-        count=torch.tensor([10, 10]), correct=torch.tensor([10, 10]), loss_sum=torch.zeros(2, dtype=torch.float64)
-    )
+    dense = GroupStats(count=torch.tensor([10, 10]), correct=torch.tensor([10, 10]), loss_sum=torch.zeros(2, dtype=torch.float64))
     logits = torch.tensor([[0.0, 1.0]] * 4 + [[1.0, 0.0]] * 4)
     target = torch.zeros(8, dtype=torch.long)
     target[:4] = 0  # group 0 predicts class 1: always wrong; group 1 predicts class 0: right
