@@ -77,7 +77,7 @@ def test_shared_fields_take_the_training_help_and_are_passed_on():
 
 def test_transformed_fields_are_computed_per_run():
     cfg = ExperimentConfig(dual_optimizer="pi", buffer_size=7)
-    assert cfg.train_config("ceag", 0.9, 0, num_groups=8).dual_lr == pytest.approx(50 / 8)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=8).dual_lr == pytest.approx(1.0)
     assert cfg.train_config("ceag_batch", 0.9, 0, num_groups=8).buffer_size is None
     assert cfg.train_config("ceag", 0.9, 0, num_groups=8).buffer_size == 7
     assert cfg.train_config("el", 0.9, 0, num_groups=8).dual_optimizer == "sgd"  # the formulation is CEAG's

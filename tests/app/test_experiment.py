@@ -225,16 +225,19 @@ def test_max_multiplier_sum_reaches_constrained_methods_only(tmp_path):
     assert _cfg(tmp_path, constrain_min_count=30).train_config("ceag", 0.9, 0, num_groups=3).constrain_min_count == 30
 
 
-def test_dual_lr_defaults_to_scale_over_groups_per_pass(tmp_path):
+def test_dual_lr_defaults_to_one_per_pass(tmp_path):
     cfg = _cfg(tmp_path, dual_lr=None, batch_size=256)
     run = cfg.train_config("ceag", 0.9, 0, num_groups=40)
-    assert (run.dual_lr, run.dual_lr_unit) == (pytest.approx(1.25), "pass")
+    assert (run.dual_lr, run.dual_lr_unit) == (pytest.approx(1.0), "pass")
     # Per step: the same movement per pass on 1,000 rows (4 steps) as on 32,561 (128 steps).
-    assert run.method_kwargs(run.steps_per_epoch(1000))["dual_lr"] == pytest.approx(1.25 / 4)
-    assert run.method_kwargs(run.steps_per_epoch(32561))["dual_lr"] == pytest.approx(1.25 / 128)
-    assert cfg.train_config("ceag", 0.9, 0, num_groups=400).dual_lr == pytest.approx(0.125)
-    assert "η_λ = 0.125 per pass" in cfg.header(400)
-    assert "η_λ = 1.25 per pass (0.00977 per step)" in cfg.header(40, num_train=32561)
+    assert run.method_kwargs(run.steps_per_epoch(1000))["dual_lr"] == pytest.approx(1 / 4)
+    assert run.method_kwargs(run.steps_per_epoch(32561))["dual_lr"] == pytest.approx(1 / 128)
+    assert cfg.train_config("ceag", 0.9, 0, num_groups=400).dual_lr == pytest.approx(1.0)  # any G
+    assert "η_λ = 1 per pass" in cfg.header(400)
+    assert "η_λ = 1 per pass (0.00781 per step)" in cfg.header(40, num_train=32561)
+    # The per-step rule of sessions 4-6, on request: 0.4 / G per step.
+    old = _cfg(tmp_path, dual_lr=None, dual_lr_unit="step").train_config("ceag", 0.9, 0, num_groups=40)
+    assert old.method_kwargs(old.steps_per_epoch(10**6))["dual_lr"] == pytest.approx(0.01)
     fixed = _cfg(tmp_path, dual_lr=0.05, dual_lr_unit="step").train_config("ceag", 0.9, 0, num_groups=400)
     assert fixed.method_kwargs(fixed.steps_per_epoch(10**6))["dual_lr"] == 0.05
     assert "η_λ = 0.05 per step" in _cfg(tmp_path, dual_lr=0.05, dual_lr_unit="step").header(400)

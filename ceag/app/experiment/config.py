@@ -25,9 +25,13 @@ METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 #: The folder under ``output_root`` holding dense models shared between experiments (a
 #: reserved name: experiment names may not start with ".").
 DENSE_CACHE = ".dense-cache"
-#: η_λ = DUAL_LR_PER_GROUPS / G per pass over the training data when ExperimentConfig.dual_lr
-#: is None (docs/method.md: 0.4 / G per step on adult's 128 steps per epoch, made per pass).
-DUAL_LR_PER_GROUPS = 50.0
+#: η_λ per pass over the training data when ExperimentConfig.dual_lr is None, whatever the
+#: number of groups (docs/method.md, section 4: measured on adult at 1k, 5k and 32k rows,
+#: census-kdd and fashion-mnist).
+DUAL_LR_PER_PASS = 1.0
+#: η_λ = DUAL_LR_PER_STEP_PER_GROUPS / G per step with dual_lr_unit="step" and no dual_lr
+#: (the default of sessions 4-6).
+DUAL_LR_PER_STEP_PER_GROUPS = 0.4
 #: Help sections of the command line (a field with a ``group`` is a flag of ``ceag run``).
 DATA, METHODS_GROUP, SCHEDULE, OUTPUT, FAULTS = "data and model", "methods", "schedule", "output", "faults"
 
@@ -44,10 +48,9 @@ class ExperimentConfig:
     adult at 1k, 5k and 32k rows and census-kdd, docs/results.md): a short GMP phase, a long
     mitigation phase (40 epochs: with the LR decays at 60/80/90% of the sparse epochs the
     constraints get 20 epochs at the full LR; with 20 they got 8, and the gaps froze
-    mid-descent, docs/method.md), and η_λ = 50 / G per pass over the training data unless
+    mid-descent, docs/method.md), and η_λ = 1 per pass over the training data unless
     ``dual_lr`` is given (``dual_lr_unit`` "pass": the dual moves as far per epoch on 700 rows
-    as on 700,000). Scaling η_λ by 1/G keeps the growth rate of Σ_g λ_g (which takes weight
-    away from the average loss) about the same at any G.
+    as on 700,000, with 10 groups as with 400).
 
     Faults: ``checkpoint_every_steps`` > 0 checkpoints runs within epochs too (a killed run
     loses at most that many steps); ``on_nonfinite`` ("stop" or "skip") is what a NaN / Inf
@@ -87,7 +90,7 @@ class ExperimentConfig:
         group=METHODS_GROUP,
         parse=float,
         passed_on=False,
-        default_text=f"{DUAL_LR_PER_GROUPS:g} / number of groups, per pass",
+        default_text=f"{DUAL_LR_PER_PASS:g} per pass",
     )
     dual_lr_unit: str = same_as(TrainConfig, "dual_lr_unit", "pass", group=METHODS_GROUP)
     max_multiplier_sum: float | None = option(
@@ -203,7 +206,7 @@ class ExperimentConfig:
         if not (math.isfinite(self.dense_lr) and self.dense_lr > 0):
             raise ValueError(f"dense_lr must be > 0, got {self.dense_lr}")
         if self.dual_lr is not None and not (math.isfinite(self.dual_lr) and self.dual_lr > 0):
-            raise ValueError(f"dual_lr must be > 0 (or None for {DUAL_LR_PER_GROUPS} / G), got {self.dual_lr}")
+            raise ValueError(f"dual_lr must be > 0 (or None for {DUAL_LR_PER_PASS:g} per pass), got {self.dual_lr}")
         for name, allowed in (("primal", PRIMALS), ("multiplier_scale", MULTIPLIER_SCALES), ("dual_optimizer", DUAL_OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -227,8 +230,11 @@ class ExperimentConfig:
         return self
 
     def resolved_dual_lr(self, num_groups: int) -> float:
-        """η_λ in ``dual_lr_unit``: ``dual_lr``, or ``DUAL_LR_PER_GROUPS / num_groups`` when it is None."""
-        return self.dual_lr if self.dual_lr is not None else DUAL_LR_PER_GROUPS / num_groups
+        """η_λ in ``dual_lr_unit``: ``dual_lr``, or ``DUAL_LR_PER_PASS`` when it is None (per
+        pass; with ``dual_lr_unit="step"`` and no ``dual_lr``, the per-step rule 0.4 / G)."""
+        if self.dual_lr is not None:
+            return self.dual_lr
+        return DUAL_LR_PER_PASS if self.dual_lr_unit == "pass" else DUAL_LR_PER_STEP_PER_GROUPS / num_groups
 
     def dual_lr_text(self, num_groups: int, num_train: int | None = None) -> str:
         """η_λ as the user reads it: "1.25 per pass (0.00977 per step)"."""
