@@ -117,6 +117,16 @@ def test_two_processes_match_one(tmp_path):
     assert abs(ma["summary"]["train"]["accuracy"] - mb["summary"]["train"]["accuracy"]) <= 2 / 640
 
 
+def _saved_epoch(path) -> int:
+    """The epoch of the checkpoint at ``path``, or -1 while there is none: a save rotates the
+    old ``last.ckpt`` to ``prev.ckpt`` before the new one takes its name, so the file can be
+    missing between an ``exists()`` and the read."""
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except FileNotFoundError:
+        return -1
+
+
 def test_kill_9_of_the_job_resumes_to_the_same_end(tmp_path):
     argv = ["run", *ARGS, "--method", "nft", "--mitigation-epochs", "12", "--checkpoint-every-steps", "2", "--name", "t"]
     ref = _torchrun([*argv, "--output", str(tmp_path / "ref")], _free_port())
@@ -127,7 +137,7 @@ def test_kill_9_of_the_job_resumes_to_the_same_end(tmp_path):
     run = out / "t" / "nft-s90-seed0"
     deadline = time.time() + 300
     while job.poll() is None and time.time() < deadline:
-        if (run / "last.ckpt").exists() and load_checkpoint(run / "last.ckpt")["epoch"] >= 3:
+        if _saved_epoch(run / "last.ckpt") >= 3:
             _kill_tree(job.pid)  # torchrun and both workers at once (they run in their own sessions)
             break
         time.sleep(0.05)
