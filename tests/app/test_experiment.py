@@ -151,16 +151,24 @@ def test_folder_of_another_config_is_refused(tmp_path):
     run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0, 1), name="x"), log=lambda _: None, plots=False)
 
 
-def test_a_folder_from_before_a_new_field_reads_as_that_fields_default(tmp_path):
-    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="x")
+def test_a_folder_from_before_a_new_field_reads_as_the_value_it_ran_with(tmp_path):
+    cfg = _cfg(tmp_path, methods=("nft",), seeds=(0,), name="x", dual_lr_unit="step")
     run_experiment(cfg, log=lambda _: None, plots=False)
     path = cfg.output_dir / "config.json"
     saved = json.loads(path.read_text())
-    del saved["val_fraction"]  # written before the field existed
+    for field in ("val_fraction", "dual_decay", "dual_lr_unit"):  # written before these fields existed
+        del saved[field]
     path.write_text(json.dumps(saved))
-    run_experiment(cfg, log=lambda _: None, plots=False)  # the default: the same experiment
+    run_experiment(cfg, log=lambda _: None, plots=False)  # the values it ran with: the same experiment
+    path.write_text(json.dumps(saved))
+    # Today's default dual_lr_unit ("pass") is not what such a folder ran with ("step").
+    with pytest.raises(ValueError, match="different config.*dual_lr_unit"):
+        run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0,), name="x"), log=lambda _: None)
     with pytest.raises(ValueError, match="different config.*val_fraction"):
-        run_experiment(_cfg(tmp_path, methods=("nft",), seeds=(0,), name="x", val_fraction=0.2), log=lambda _: None)
+        run_experiment(
+            _cfg(tmp_path, methods=("nft",), seeds=(0,), name="x", dual_lr_unit="step", val_fraction=0.2),
+            log=lambda _: None,
+        )
 
 
 def test_val_fraction_holds_out_every_groups_share(tmp_path):

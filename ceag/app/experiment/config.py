@@ -144,6 +144,9 @@ class ExperimentConfig:
     # Fields that do not change any result (a finished experiment may be re-read with others);
     # on_nonfinite may differ where "stop" left no result (a stopped run may resume with "skip").
     PRESENTATION = ("name", "output_root", "data_root", "device", "progress", "checkpoint_every_steps", "on_nonfinite")
+    # Fields added after experiment folders existed, with the value that reproduces a folder
+    # written before them (not always today's default: dual_lr was per step then).
+    ADDED_FIELDS = {"val_fraction": 0.0, "dual_decay": 0.0, "dual_lr_unit": "step"}
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)

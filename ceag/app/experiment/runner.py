@@ -80,8 +80,8 @@ def _check_config_file(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
         except (ValueError, OSError) as err:
             raise UsageError(f"{path} is not a readable experiment config ({err}); delete it or choose another --name") from None
         now = {k: v for k, v in cfg.to_dict().items() if k not in cfg.PRESENTATION}
-        # A field the saved config lacks is one added since: it had that field's default.
-        added = {f.name: f.default for f in dataclasses.fields(cfg) if f.name not in saved}
+        # A field the saved config lacks was added since: the folder ran as its ADDED_FIELDS value.
+        added = cfg.ADDED_FIELDS
         diff = sorted(k for k in now if k not in _GRID and k not in cfg.PRESENTATION and now[k] != saved.get(k, added.get(k)))
         if diff:
             raise UsageError(
