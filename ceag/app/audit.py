@@ -4,7 +4,8 @@
     ceag audit --dense dense.pt --sparse pruned.pt --data people.csv --label y --groups race,sex
 
 Both models are evaluated on the same data; the report gives, per group, the dense and
-sparse accuracy with Wilson intervals, ψ_g = ΔA_g − ΔA with its simultaneous interval, and a
+sparse accuracy, ψ_g = ΔA_g − ΔA with its 95% simultaneous interval (paired: it uses the
+samples on which the two models disagree, :func:`ceag.metrics.paired_psi_interval`), and a
 verdict: "within ε" (certified: the interval's upper end is ≤ ε), "violates" (its lower end
 is > ε), "too small to tell", or left out (fewer than ``min_count`` samples). It is written
 as ``audit.md``, ``audit.json`` and a per-group bar plot, one set per split.
@@ -31,7 +32,7 @@ from torch import nn
 from ceag._io import CEAG_CHECKPOINT_MAGIC, atomic_write
 from ceag.app.data.core import GroupedDataset
 from ceag.errors import UsageError
-from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate
+from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate_samples, paired_counts
 from ceag.models import build_model
 from ceag.prune import sparsify, sparsity_report
 
@@ -111,8 +112,11 @@ def audit(
         x, y, g = ds.tensors
         batches = [(x[i : i + batch_size], y[i : i + batch_size], g[i : i + batch_size]) for i in range(0, len(y), batch_size)]
         with torch.no_grad():
-            stats = [evaluate(m, batches, data.num_groups) for m in (dense, sparse)]
-        out[split] = disparity(stats[0], stats[1], tolerance, min_count=min_count, confidence=confidence)
+            d, s = (evaluate_samples(m, batches, data.num_groups) for m in (dense, sparse))
+        lost, gained = paired_counts(d.correct, s.correct, g, data.num_groups)
+        out[split] = disparity(
+            d.stats, s.stats, tolerance, min_count=min_count, confidence=confidence, lost=lost, gained=gained
+        )
     return out
 
 
@@ -136,6 +140,9 @@ def _table(report: DisparityReport, names: Sequence[str], rows: int | None = Non
             break
         shown += 1
         status = report.status[g] if report.included[g] else f"left out (n < {report.min_count})"
+        need = float(report.samples_to_certify[g]) if report.samples_to_certify is not None else math.nan
+        if status == "too small to tell" and not math.isnan(need):
+            status += f" (~{need:,.0f} samples would certify ε at this discordance)"
         lo, hi = float(report.psi_ci[0][g]), float(report.psi_ci[1][g])
         lines.append(
             f"| {names[g]} | {int(report.count[g])} | {_pct(float(report.dense_accuracy[g]))[1:] if report.included[g] else 'n/a'} "
@@ -149,7 +156,8 @@ def _summary_line(split: str, r: DisparityReport) -> str:
     s = r.summary()
     return (
         f"{split}: overall accuracy {s['dense_accuracy']:.1%} dense → {s['sparse_accuracy']:.1%} sparse; "
-        f"max ψ {_pct(s['max_psi'])} points, Ψ_PW {_pct(s['psi_pw'])[1:]} over {s['num_included']} groups; "
+        f"max ψ {_pct(s['max_psi'])} points, Ψ_PW {_pct(s['psi_pw'])[1:]} over {s['num_included']} groups "
+        f"(max ψ {_pct(s['max_psi_measurable'])} over the {s['num_measurable']} measurable ones: interval ≤ 2ε each side); "
         f"{s['num_within']} certified within ε = {r.tolerance * 100:g} points, {s['num_violates']} violate, "
         f"{s['num_too_small']} too small to tell" + (f"; {r.exclusion_note()}" if r.exclusion_note() else "")
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -228,6 +228,45 @@ def evaluate(
     training mode is restored afterwards. Statistics accumulate on the device and are
     returned on the CPU. ``device`` defaults to the device of the model's first parameter.
     """
+    return _evaluate(
+        model,
+        loader,
+        num_groups,
+        device=device,
+        progress=progress,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+        backend=backend,
+    ).stats
+
+
+class Outcomes(NamedTuple):
+    """A model's per-group statistics and its per-sample results, in the loader's order."""
+
+    stats: GroupStats
+    correct: Tensor  # [N] bool: classified right (False for ignored targets)
+    group: Tensor  # [N] int64
+
+
+@torch.no_grad()
+def evaluate_samples(model: torch.nn.Module, loader: Iterable, num_groups: int, **kwargs: Any) -> Outcomes:
+    """:func:`evaluate` (the same keyword arguments), also keeping which samples the model
+    classified right, for :func:`paired_counts` against another model on the same samples."""
+    return _evaluate(model, loader, num_groups, keep_samples=True, **kwargs)
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    loader: Iterable,
+    num_groups: int,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    backend: str | None = None,
+    keep_samples: bool = False,
+) -> Outcomes:
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
     if device is None:
@@ -235,6 +274,8 @@ def evaluate(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     stats = GroupStats.zeros(num_groups, device=device)
+    correct: list[Tensor] = []
+    groups: list[Tensor] = []
     was_training = model.training
     model.eval()
     it = loader
@@ -259,9 +300,42 @@ def evaluate(
                 backend=backend,
             )
             stats.add_(out)
+            if keep_samples:
+                correct.append(out.sample_correct.detach())
+                groups.append(group.detach())
     finally:
         model.train(was_training)
-    return stats.cpu()
+    empty_bool, empty_long = torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64)
+    return Outcomes(
+        stats.cpu(),
+        torch.cat(correct).cpu() if correct else empty_bool,
+        torch.cat(groups).cpu().to(torch.int64) if groups else empty_long,
+    )
+
+
+def paired_counts(dense_correct: Tensor, sparse_correct: Tensor, group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Per-group discordant counts of two models on the same samples: ``lost`` [G] (the dense
+    model right, the sparse one wrong) and ``gained`` [G] (the reverse), int64.
+
+    The inputs are [N] per-sample results in the same sample order (e.g. two
+    :func:`evaluate_samples` over the same loader); :func:`ceag.metrics.disparity` turns
+    them into the paired interval on ψ_g.
+    """
+    for name, t in (("dense_correct", dense_correct), ("sparse_correct", sparse_correct), ("group", group)):
+        if not isinstance(t, Tensor) or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D tensor")
+    if not dense_correct.shape == sparse_correct.shape == group.shape:
+        raise ValueError(
+            "dense_correct, sparse_correct and group must have one entry per sample, got "
+            f"{tuple(dense_correct.shape)}, {tuple(sparse_correct.shape)}, {tuple(group.shape)}: "
+            "were both models evaluated on the same samples?"
+        )
+    d, s, g = dense_correct.bool().cpu(), sparse_correct.bool().cpu(), group.cpu().to(torch.int64)
+    if g.numel() and (int(g.min()) < 0 or int(g.max()) >= num_groups):
+        raise ValueError(f"group ids must be in [0, {num_groups})")
+    lost = torch.bincount(g[d & ~s], minlength=num_groups)
+    gained = torch.bincount(g[~d & s], minlength=num_groups)
+    return lost, gained
 
 
 def dense_reference(model: torch.nn.Module, train_loader: Iterable, num_groups: int, **kwargs: Any) -> GroupStats:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ceag._io import LOCK_NAME, check_output_dir, lock, remove_temp_files
 from ceag._progress import progress
 from ceag.methods import METHODS, ConstrainedMethod, Method, build_method
-from ceag.metrics import GroupStats, dense_reference, disparity, evaluate
+from ceag.metrics import DisparityReport, GroupStats, Outcomes, disparity, evaluate, evaluate_samples, paired_counts
 from ceag.nn import CompactLinear
 from ceag.prune import GMPSchedule, apply_masks_, compact_, prunable_layers, sparsify, sparsity_report
 from ceag.train.batching import batches, epoch_permutation
@@ -63,7 +63,10 @@ class Trainer:
             (otherwise computed from the model before pruning).
 
     After :meth:`fit`: :attr:`history` (one dict per epoch), :attr:`method`,
-    :attr:`dense_stats` / :attr:`dense_test_stats`, the trained :attr:`model`.
+    :attr:`dense_stats` / :attr:`dense_test_stats`, the trained :attr:`model`, and
+    :meth:`report` for a split's ψ_g with its intervals. The dense model's per-sample results
+    are kept (and checkpointed), so every report on a split the trainer evaluated both models
+    on uses the paired interval on ψ_g.
     """
 
     def __init__(
@@ -144,6 +147,8 @@ class Trainer:
         self.dense_stats: GroupStats | None = dense_stats.cpu() if dense_stats is not None else None
         self.dense_test_stats: GroupStats | None = None
         self.dense_val_stats: GroupStats | None = None
+        # split -> the dense model's per-sample results (None when dense_stats was given)
+        self.dense_outcomes: dict[str, Outcomes] = {}
         self.method: Method | None = None
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # global epoch (dense then sparse) of the next batch
@@ -158,9 +163,10 @@ class Trainer:
         # Wall-clock seconds and steps of the training loops per phase, this process only (not
         # checkpointed: timings are not part of the run's result).
         self.timings: dict[str, dict[str, float]] = {}
-        # split -> GroupStats of the latest epoch's evaluation in this process (not checkpointed),
-        # so a caller reporting on the final model need not evaluate it again.
+        # split -> the latest epoch's evaluation in this process (not checkpointed), so a
+        # caller reporting on the final model need not evaluate it again.
         self.last_eval: dict[str, GroupStats] = {}
+        self._last_outcomes: dict[str, Outcomes] = {}
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -199,6 +205,43 @@ class Trainer:
     def _evaluate(self, dataset: Any) -> GroupStats:
         return evaluate(self.model, self._eval_batches(dataset), self.config.num_groups, device=self.device)
 
+    def _splits(self) -> dict[str, tuple[Any, GroupStats | None]]:
+        """name -> (dataset, the dense model's statistics on it) for every split held."""
+        out = {"train": (self.train_set, self.dense_stats)}
+        if self.test_set is not None:
+            out["test"] = (self.test_set, self.dense_test_stats)
+        if self.val_set is not None:
+            out["val"] = (self.val_set, self.dense_val_stats)
+        return out
+
+    def _evaluate_split(self, name: str) -> Outcomes:
+        out = evaluate_samples(self.model, self._eval_batches(self._splits()[name][0]), self.config.num_groups, device=self.device)
+        self.last_eval[name], self._last_outcomes[name] = out.stats, out
+        return out
+
+    def report(self, split: str = "test") -> DisparityReport:
+        """ψ_g of the model as it is now on ``split`` ("train", "test" or "val") against the
+        dense model, at the config's ε and ``min_count``. The interval is paired when the
+        dense model's per-sample results on that split are known (the trainer computed the
+        dense statistics itself) and the samples came in the same order; unpaired otherwise.
+        Reuses this epoch's evaluation when there is one."""
+        splits = self._splits()
+        if split not in splits:
+            raise ValueError(f"split must be one of {', '.join(splits)}, got {split!r}")
+        ref = splits[split][1]
+        if ref is None:
+            raise ValueError(f"no dense statistics on {split!r} yet: the report needs a run that reached pruning")
+        out = self._last_outcomes.get(split) or self._evaluate_split(split)
+        return self._disparity(split, ref, out)
+
+    def _disparity(self, split: str, ref: GroupStats, out: Outcomes) -> DisparityReport:
+        c = self.config
+        dense = self.dense_outcomes.get(split)
+        if dense is None or not torch.equal(dense.group, out.group):
+            return disparity(ref, out.stats, c.tolerance, min_count=c.min_count)
+        lost, gained = paired_counts(dense.correct, out.correct, out.group, c.num_groups)
+        return disparity(ref, out.stats, c.tolerance, min_count=c.min_count, lost=lost, gained=gained)
+
     # -- set-up ----------------------------------------------------------------------------
 
     def _build_method(self) -> Method:
@@ -215,16 +258,16 @@ class Trainer:
         return build_method(self.config.method, self.config.num_groups, dense=dense, device=self.device, **kwargs)
 
     def _compute_dense_stats(self) -> None:
-        if self.dense_stats is None:
-            self.dense_stats = dense_reference(
-                self.model, self._eval_batches(self.train_set), self.config.num_groups, device=self.device
-            )
-        if self.test_set is not None and self.dense_test_stats is None:
-            self.dense_test_stats = self._evaluate(self.test_set)
-        if self.val_set is not None and self.dense_val_stats is None:
-            self.dense_val_stats = dense_reference(
-                self.model, self._eval_batches(self.val_set), self.config.num_groups, device=self.device
-            )
+        """The dense model's statistics (and per-sample results) on every split, before pruning."""
+        for name, attr in (("train", "dense_stats"), ("test", "dense_test_stats"), ("val", "dense_val_stats")):
+            dataset = {"train": self.train_set, "test": self.test_set, "val": self.val_set}[name]
+            if dataset is None or getattr(self, attr) is not None:
+                continue
+            out = evaluate_samples(self.model, self._eval_batches(dataset), self.config.num_groups, device=self.device)
+            if name != "test" and out.stats.total == 0:
+                raise ValueError(f"the {name} split yielded no samples")
+            setattr(self, attr, out.stats)
+            self.dense_outcomes[name] = out
         self.method = self._build_method()
 
     # -- phases ----------------------------------------------------------------------------
@@ -370,20 +413,17 @@ class Trainer:
         row["multiplier_max"] = float(lam.max()) if lam is not None else 0.0
         if isinstance(self.method, ConstrainedMethod) and not dense:
             row["multipliers"] = lam.tolist()  # [G] trajectories for plots; JSON only, not CSV
-        splits = []
-        if c.eval_train:
-            splits.append(("train", self.train_set, self.dense_stats))
-        if c.eval_test and self.test_set is not None:
-            splits.append(("test", self.test_set, self.dense_test_stats))
-        if self.val_set is not None:
-            splits.append(("val", self.val_set, self.dense_val_stats))
-        self.last_eval = {}
-        for name, data, ref in splits:
-            stats = self.last_eval[name] = self._evaluate(data)
+        wanted = {"train": c.eval_train, "test": c.eval_test, "val": True}
+        self.last_eval, self._last_outcomes = {}, {}
+        for name, (_, ref) in self._splits().items():
+            if not wanted[name]:
+                continue
+            out = self._evaluate_split(name)
+            stats = out.stats
             row[f"{name}_accuracy"] = stats.overall_accuracy
             row[f"{name}_loss"] = stats.overall_loss
             if ref is not None and not dense:
-                s = disparity(ref, stats, c.tolerance, min_count=c.min_count).summary()
+                s = self._disparity(name, ref, out).summary()
                 row[f"{name}_accuracy_gap"] = s["accuracy_gap"]
                 row[f"{name}_psi_pw"] = s["psi_pw"]
                 row[f"{name}_max_psi"] = s["max_psi"]
@@ -479,6 +519,7 @@ class Trainer:
             "dense_stats": self.dense_stats.state_dict() if self.dense_stats is not None else None,
             "dense_test_stats": self.dense_test_stats.state_dict() if self.dense_test_stats is not None else None,
             "dense_val_stats": self.dense_val_stats.state_dict() if self.dense_val_stats is not None else None,
+            "dense_outcomes": {k: {"correct": v.correct.clone(), "group": v.group.clone()} for k, v in self.dense_outcomes.items()},
             "history": [dict(r) for r in self.history],
             "rng": rng_state(),
         }
@@ -506,6 +547,13 @@ class Trainer:
             self.dense_test_stats = GroupStats.from_state_dict(state["dense_test_stats"])
         if state.get("dense_val_stats") is not None:
             self.dense_val_stats = GroupStats.from_state_dict(state["dense_val_stats"])
+        # Checkpoints from before per-sample results were kept have none: reports are unpaired.
+        refs = {"train": self.dense_stats, "test": self.dense_test_stats, "val": self.dense_val_stats}
+        self.dense_outcomes = {
+            k: Outcomes(refs[k], v["correct"].bool(), v["group"].long())
+            for k, v in (state.get("dense_outcomes") or {}).items()
+            if refs.get(k) is not None
+        }
         if (self.val_set is not None) != (self.dense_val_stats is not None) and state["method"] is not None:
             raise ValueError(
                 "cannot resume: the checkpoint was "

@@ -22,8 +22,13 @@ _COLUMNS = (
     ("accuracy", "acc", True),
     ("psi_pw", "Ψ_PW", True),
     ("max_psi", "max ψ", True),
+    ("max_psi_measurable", "max ψ measurable", True),
     ("frac_within_tolerance", "within ε", True),
 )
+#: Per split, the verdict counts (DisparityReport.summary keys), shown as one cell.
+_VERDICTS = ("num_within", "num_violates", "num_too_small")
+#: Summary keys added after metrics.json files were first written: absent reads as NaN.
+_ADDED_KEYS = ("max_psi_measurable", *_VERDICTS)
 
 
 @dataclass
@@ -39,6 +44,8 @@ class RunResult:
     history: list[dict[str, Any]]
     seconds_per_step: float  # mean wall time of a mitigation-phase training step
     measured_sparsity: float = math.nan  # of the final model's masked layers (the requested one is ``sparsity``)
+    # split -> {"psi_lower", "psi_upper": [G], "status": [G] verdicts} ({} in files from before)
+    groups: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow (the values are JSON-ready lists and dicts): dataclasses.asdict would deep-copy
@@ -54,7 +61,9 @@ class RunResult:
             d["measured_sparsity"] = (d.get("history") or [{}])[-1].get("sparsity", math.nan)
         run = cls(**d)
         for split in ("train", "test"):  # the report reads these: a wrong shape fails here, not there
-            for key, _, _ in _COLUMNS:
+            for key in _ADDED_KEYS:
+                run.summary[split].setdefault(key, math.nan)
+            for key in (*(k for k, _, _ in _COLUMNS), *_VERDICTS):
                 float(run.summary[split][key])
             if len(run.psi[split]) != len(run.count[split]):
                 raise ValueError(f"psi and count of {split} differ in length")
@@ -86,7 +95,7 @@ class ExperimentResult:
                     continue
                 row: dict[str, Any] = {"method": method, "sparsity": sparsity, "seeds": len(runs)}
                 for split in ("train", "test"):
-                    for key, _, _ in _COLUMNS:
+                    for key in (*(k for k, _, _ in _COLUMNS), *_VERDICTS):
                         mean, std = _mean_std([r.summary[split][key] for r in runs])
                         row[f"{split}_{key}"], row[f"{split}_{key}_std"] = mean, std
                 row["seconds_per_step"] = statistics.fmean(r.seconds_per_step for r in runs)
@@ -100,6 +109,7 @@ class ExperimentResult:
         heads = ["sparsity (measured)", "method"]
         for split in ("train", "test"):
             heads += [f"{split} {h}" for _, h, _ in _COLUMNS]
+            heads.append(f"{split} within / violate / too small")
         heads.append("ms/step")
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for row in self.rows():
@@ -114,6 +124,8 @@ class ExperimentResult:
                     if key == "max_psi" and not math.isnan(mean) and mean <= eps:
                         cell = f"**{cell}**"  # within ε
                     cells.append(cell)
+                counts = [row[f"{split}_{k}"] for k in _VERDICTS]
+                cells.append("n/a" if any(math.isnan(v) for v in counts) else " / ".join(f"{v:.3g}" for v in counts))
             cells.append(f"{row['seconds_per_step'] * 1e3:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)

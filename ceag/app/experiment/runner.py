@@ -31,7 +31,6 @@ from ceag.app.experiment.results import (
 )
 from ceag.errors import UsageError
 from ceag.methods import METHODS
-from ceag.metrics import disparity
 from ceag.models import build_model
 from ceag.prune import sparsity_report
 from ceag.train import (
@@ -45,18 +44,20 @@ from ceag.train import (
 # ---------------------------------------------------------------------------------------
 
 
-def _final_report(trainer: Trainer, data: datasets.GroupedDataset, cfg: ExperimentConfig) -> tuple[dict, dict, dict]:
-    summary, psi, count = {}, {}, {}
-    for split, ds, ref in (("train", data.train, trainer.dense_stats), ("test", data.test, trainer.dense_test_stats)):
-        assert ref is not None
-        stats = trainer.last_eval.get(split)
-        if stats is None:  # no epoch ran in this process (a finished run re-opened): evaluate now
-            stats = trainer._evaluate(ds)
-        rep = disparity(ref, stats, cfg.tolerance, min_count=cfg.min_count)
-        summary[split] = {**rep.summary(), "accuracy": stats.overall_accuracy}
+def _final_report(trainer: Trainer) -> tuple[dict, dict, dict, dict]:
+    """Per split: the summary, ψ_g, counts and the per-group interval and verdict."""
+    summary, psi, count, groups = {}, {}, {}, {}
+    for split in ("train", "test"):
+        rep = trainer.report(split)  # this process's last evaluation, or a new one
+        summary[split] = {**rep.summary(), "accuracy": rep.overall_sparse_accuracy}
         psi[split] = rep.psi.tolist()
-        count[split] = stats.count.tolist()
-    return summary, psi, count
+        count[split] = rep.count.tolist()
+        groups[split] = {
+            "psi_lower": rep.psi_ci[0].tolist(),
+            "psi_upper": rep.psi_ci[1].tolist(),
+            "status": list(rep.status),
+        }
+    return summary, psi, count, groups
 
 
 #: The config fields that span the grid: a folder's experiment may grow along them.
@@ -128,7 +129,7 @@ def run_one(
     trainer = Trainer(tcfg, copy.deepcopy(dense), data.train, data.test, val_set=data.val)
     trainer.on_epoch_end = on_epoch_end
     trainer.fit(resume=True)
-    summary, psi, count = _final_report(trainer, data, cfg)
+    summary, psi, count, groups = _final_report(trainer)
     timing = trainer.timings.get("mitigation") or trainer.timings.get("pruning") or {"seconds": math.nan, "steps": 1}
     result = RunResult(
         method=method,
@@ -137,6 +138,7 @@ def run_one(
         summary=summary,
         psi=psi,
         count=count,
+        groups=groups,
         history=trainer.history,
         seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
         measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
