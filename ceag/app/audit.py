@@ -114,9 +114,7 @@ def audit(
         with torch.no_grad():
             d, s = (evaluate_samples(m, batches, data.num_groups) for m in (dense, sparse))
         lost, gained = paired_counts(d.correct, s.correct, g, data.num_groups)
-        out[split] = disparity(
-            d.stats, s.stats, tolerance, min_count=min_count, confidence=confidence, lost=lost, gained=gained
-        )
+        out[split] = disparity(d.stats, s.stats, tolerance, min_count=min_count, confidence=confidence, lost=lost, gained=gained)
     return out
 
 

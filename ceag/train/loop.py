@@ -215,7 +215,9 @@ class Trainer:
         return out
 
     def _evaluate_split(self, name: str) -> Outcomes:
-        out = evaluate_samples(self.model, self._eval_batches(self._splits()[name][0]), self.config.num_groups, device=self.device)
+        out = evaluate_samples(
+            self.model, self._eval_batches(self._splits()[name][0]), self.config.num_groups, device=self.device
+        )
         self.last_eval[name], self._last_outcomes[name] = out.stats, out
         return out
 
@@ -519,7 +521,9 @@ class Trainer:
             "dense_stats": self.dense_stats.state_dict() if self.dense_stats is not None else None,
             "dense_test_stats": self.dense_test_stats.state_dict() if self.dense_test_stats is not None else None,
             "dense_val_stats": self.dense_val_stats.state_dict() if self.dense_val_stats is not None else None,
-            "dense_outcomes": {k: {"correct": v.correct.clone(), "group": v.group.clone()} for k, v in self.dense_outcomes.items()},
+            "dense_outcomes": {
+                k: {"correct": v.correct.clone(), "group": v.group.clone()} for k, v in self.dense_outcomes.items()
+            },
             "history": [dict(r) for r in self.history],
             "rng": rng_state(),
         }
