@@ -1,7 +1,13 @@
 """Audit a pruned model without training: did any group pay more than ε for the pruning?
 
+    ceag audit runs/adult-nft-ceag-s90/ceag-s90-seed0
     ceag audit --dense dense.pt --sparse pruned.pt --dataset adult
     ceag audit --dense dense.pt --sparse pruned.pt --data people.csv --label y --groups race,sex
+
+Given a run folder of an experiment, the audit needs no other flag: the experiment's
+``config.json`` says which data and which split (subset, held-out rows), the dense model is
+the one the run started from (the experiment root's dense cache), and the sparse model is
+the run's ``last.ckpt``; ε and ``min_count`` are the run's unless given.
 
 Both models are evaluated on the same data; the report gives, per group, the dense and
 sparse accuracy, ψ_g = ΔA_g − ΔA with its 95% simultaneous interval (paired: it uses the
@@ -18,11 +24,13 @@ the layers masked). Files are unpickled with ``weights_only=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +42,9 @@ from ceag.app.data.core import GroupedDataset
 from ceag.errors import UsageError
 from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate_samples, paired_counts
 from ceag.models import build_model
-from ceag.prune import sparsify, sparsity_report
+from ceag.prune import compact_, sparsify, sparsity_report
 
-__all__ = ["audit", "load_model", "write_audit"]
+__all__ = ["RunToAudit", "audit", "load_model", "load_run", "write_audit"]
 
 
 def load_model(path: str | Path, data: GroupedDataset, *, arch: str = "auto", hidden: Sequence[int] = (512, 512)) -> nn.Module:
@@ -73,6 +81,8 @@ def load_model(path: str | Path, data: GroupedDataset, *, arch: str = "auto", hi
     model = build_model(data.input_shape, data.num_classes, arch, hidden)
     if any(k.endswith(".mask") for k in state):
         sparsify(model)
+        # Layers a run with "auto" storage made compact are compact before loading.
+        compact_(model, (k.rsplit(".", 1)[0] for k in state if k.endswith(".row_ptr")))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -82,6 +92,66 @@ def load_model(path: str | Path, data: GroupedDataset, *, arch: str = "auto", hi
             f"({len(data.input_shape) and data.input_shape} inputs, {data.num_classes} classes): {first[0] if first else err}"
         ) from None
     return model.eval()
+
+
+@dataclass
+class RunToAudit:
+    """Everything :func:`load_run` found for auditing one run of an experiment."""
+
+    run_dir: Path
+    config: Any  # the experiment's ExperimentConfig
+    seed: int
+    data: GroupedDataset
+    dense: nn.Module
+    sparse: nn.Module
+    dense_path: Path
+    finished: bool  # metrics.json written (else the audit is of the last checkpoint)
+
+
+def load_run(run_dir: str | Path, *, data_root: str | None = None) -> RunToAudit:
+    """The data split and both models of one run folder of an experiment (see the module
+    docstring); ``data_root``: where the bundled data sets are, if not where the run found them.
+
+    Raises :class:`~ceag.errors.UsageError` naming what is missing: a folder that is not a
+    run of an experiment, no checkpoint, or a dense model no longer in the cache.
+    """
+    from ceag.app.experiment import ExperimentConfig, dense_cache_path, load_data
+    from ceag.train import CheckpointError, load_checkpoint
+    from ceag.train.checkpoint import CHECKPOINT_NAME
+
+    run_dir = Path(run_dir)
+    experiment = run_dir.parent
+    config_path = experiment / "config.json"
+    ckpt = run_dir / CHECKPOINT_NAME
+    if not run_dir.is_dir():
+        raise UsageError(f"run folder {run_dir} does not exist")
+    if not config_path.is_file() or not ckpt.is_file():
+        raise UsageError(
+            f"{run_dir} is not a run of an experiment: expected {config_path} and {ckpt} "
+            "(give a folder like runs/<experiment>/<method>-s<sparsity>-seed<k>, or --dense and --sparse)"
+        )
+    try:
+        saved = json.loads(config_path.read_text())
+        # Fields added since the folder was written read as the value it ran with.
+        cfg = ExperimentConfig.from_dict({**ExperimentConfig.ADDED_FIELDS, **saved})
+        state = load_checkpoint(ckpt)
+        seed = int(state["config"]["seed"])
+    except (ValueError, TypeError, KeyError, OSError, CheckpointError) as err:
+        raise UsageError(f"{run_dir}: cannot read the experiment's config or checkpoint ({err})") from None
+    # Where the folder is now, not where it was written: the dense cache sits beside it.
+    cfg = dataclasses.replace(cfg, output_root=str(experiment.parent), name=experiment.name, progress=False)
+    if data_root is not None:
+        cfg = dataclasses.replace(cfg, data_root=data_root)
+    data = load_data(cfg)
+    dense_path = dense_cache_path(cfg, data, seed)
+    if not dense_path.is_file():
+        raise UsageError(
+            f"the dense model of {run_dir} (seed {seed}) is not in the cache: {dense_path} is missing; "
+            f"re-running the experiment's command rebuilds it (or audit with --dense FILE --sparse {ckpt})"
+        )
+    dense = load_model(dense_path, data, arch=cfg.arch, hidden=cfg.hidden)
+    sparse = load_model(ckpt, data, arch=cfg.arch, hidden=cfg.hidden)
+    return RunToAudit(run_dir, cfg, seed, data, dense, sparse, dense_path, (run_dir / "metrics.json").is_file())
 
 
 def _is_torchscript(path: Path) -> bool:

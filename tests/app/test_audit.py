@@ -96,3 +96,45 @@ def test_bad_model_files_are_named(trained, tmp_path, capsys):
         main(["audit", "--dense", str(dense), "--sparse", str(sparse), *SYN, "--hidden", "64", "--output", str(tmp_path)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "does not fit --arch auto --hidden 64" in err and "Traceback" not in err
+
+
+def test_audit_of_a_run_folder_needs_no_flags(trained, tmp_path, capsys):
+    """`ceag audit RUN_DIR` finds the split, the dense model and ε / min count from the run,
+    and gives the run's own paired intervals and verdicts."""
+    root, _, sparse, metrics = trained
+    run = sparse.parent
+    assert main(["audit", str(run), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run}: seed 0" in out and "measurable" in out
+    saved = json.loads((run / "audit" / "audit.json").read_text())
+    for split in ("train", "test"):
+        groups = saved[split]["groups"]
+        assert saved[split]["summary"]["interval"] == "paired"
+        assert saved[split]["summary"]["min_count"] == 10  # the run's, not the audit's default
+        assert [g["status"] for g in groups] == metrics["groups"][split]["status"]
+        for got, want in zip(groups, metrics["groups"][split]["psi_upper"]):
+            assert (math.isnan(got["psi_upper"]) and math.isnan(want)) or got["psi_upper"] == pytest.approx(want, abs=1e-12)
+
+
+def test_audit_of_a_run_folder_names_what_is_missing(trained, tmp_path, capsys):
+    root, dense, sparse, _ = trained
+    run = sparse.parent
+    for argv, message in (
+        (["audit", str(tmp_path)], "is not a run of an experiment"),
+        (["audit", str(tmp_path / "nope")], "does not exist"),
+        (["audit", str(run), "--dataset", "adult"], "drop --dataset"),
+        (["audit", "--dense", str(dense)], "give a run folder"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "Traceback" not in err, (argv, err)
+    # The dense model gone from the cache: said, with the way out.
+    moved = dense.with_suffix(".moved")
+    dense.rename(moved)
+    try:
+        with pytest.raises(SystemExit):
+            main(["audit", str(run)])
+        assert "is not in the cache" in capsys.readouterr().err
+    finally:
+        moved.rename(dense)

@@ -94,6 +94,11 @@ def _assert_same_run(t1: Trainer, t2: Trainer) -> None:
     assert torch.equal(t1.method.multipliers, t2.method.multipliers)
     assert torch.equal(t1.method.buffer, t2.method.buffer)
     assert _same_history(t1.history, t2.history), (t1.history, t2.history)
+    # The dense model's per-sample results came back too: the reports are paired and the same.
+    for split in ("train", "test"):
+        r1, r2 = t1.report(split), t2.report(split)
+        assert r1.interval == r2.interval == "paired"
+        assert torch.equal(r1.psi_ci[1].nan_to_num(-9), r2.psi_ci[1].nan_to_num(-9)) and r1.status == r2.status
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,6 +148,19 @@ def test_resume_of_finished_run_is_a_no_op_and_resume_without_checkpoint_starts_
     again = Trainer(cfg, _model(20, dropout=0.1), train, test)
     again.fit(resume=True)
     _assert_same_run(uninterrupted, again)
+
+
+def test_report_is_unpaired_without_the_dense_models_own_results(small, uninterrupted):
+    """Given only the dense statistics (dense_stats=), the trainer cannot pair samples: the
+    report says so and uses the conservative interval, which is wider."""
+    train, test = small
+    cfg = _config(None, dense_epochs=0, pruning_epochs=0, mitigation_epochs=1)
+    t = Trainer(cfg, copy.deepcopy(uninterrupted.model), train, test, dense_stats=uninterrupted.dense_stats)
+    t.fit()
+    assert t.report("train").interval == "unpaired"
+    assert uninterrupted.report("train").interval == "paired"
+    with pytest.raises(ValueError, match="split must be one of train, test"):
+        t.report("val")
 
 
 def test_resume_with_a_different_config_names_the_field(small, tmp_path):

@@ -71,10 +71,16 @@ def _audit(args: argparse.Namespace) -> int:
     from ceag.app.experiment import ExperimentConfig, load_data
     from ceag.errors import UsageError
 
+    if args.rows < 1:
+        raise UsageError(naming_the_flag(f"--rows must be >= 1, got {args.rows}", args.parser, "audit"))
+    if args.run is not None:
+        return _audit_run(args)
+    if args.dense is None or args.sparse is None:
+        raise UsageError("audit: give a run folder (ceag audit RUN_DIR), or both --dense FILE and --sparse FILE")
+    args.tolerance = 0.01 if args.tolerance is None else args.tolerance
+    args.min_count = 30 if args.min_count is None else args.min_count
     try:
         dataset, options = data_options(args)
-        if args.rows < 1:
-            raise ValueError(f"--rows must be >= 1, got {args.rows}")
         cfg = ExperimentConfig(
             dataset=dataset,
             dataset_options=options,
@@ -100,6 +106,43 @@ def _audit(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. a model whose outputs do not match the data
         raise UsageError(f"the models do not fit the data: {err}") from None
     folder = Path(args.output) / name
+    _print_audit(args, data, sparse, reports, folder)
+    return 0
+
+
+def _audit_run(args: argparse.Namespace) -> int:
+    """``ceag audit RUN_DIR``: the run's data split, dense model and ε, found from its folder."""
+    from pathlib import Path
+
+    from ceag.app import audit as audit_mod
+    from ceag.errors import UsageError
+
+    given = [
+        f"--{f}"
+        for f in ("dense", "sparse", "data", "dataset", "groups", "label", "test", "features", "attributes")
+        if getattr(args, f, None) is not None
+    ]
+    if given:
+        raise UsageError(f"audit RUN_DIR takes the data and models from the run; drop {', '.join(given)}")
+    run = audit_mod.load_run(args.run, data_root=args.data_dir)
+    cfg = run.config
+    tolerance = cfg.tolerance if args.tolerance is None else args.tolerance
+    min_count = cfg.min_count if args.min_count is None else args.min_count
+    print(
+        f"run {run.run_dir}: seed {run.seed}, data {cfg.dataset} as the experiment split it; dense model {run.dense_path}"
+        + ("" if run.finished else "; the run has not finished: auditing its last checkpoint")
+    )
+    reports = audit_mod.audit(
+        run.dense, run.sparse, run.data, tolerance=tolerance, min_count=min_count, confidence=args.confidence
+    )
+    folder = Path(args.output) / args.name if args.name else run.run_dir / "audit"
+    _print_audit(args, run.data, run.sparse, reports, folder)
+    return 0
+
+
+def _print_audit(args: argparse.Namespace, data, sparse, reports, folder) -> None:
+    from ceag.app import audit as audit_mod
+
     written = audit_mod.write_audit(reports, data.group_names, folder, plots=not args.no_plots)
     print(f"{data.name}: {data.num_groups} groups; sparse model {audit_mod.sparsity_of(sparse):.1%} sparse (masked layers)")
     for split, r in reports.items():
@@ -109,7 +152,6 @@ def _audit(args: argparse.Namespace) -> int:
     print()
     for p in written:
         print(f"written: {p}")
-    return 0
 
 
 @contextlib.contextmanager
@@ -194,11 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = "per-group report of a pruned model against its dense one, without training"
     a = sub.add_parser("audit", help=text, description=text)
-    g = a.add_argument_group("models")
-    g.add_argument(
-        "--dense", required=True, metavar="FILE", help="the dense model: TorchScript, a ceag checkpoint or a state_dict"
+    a.add_argument(
+        "run",
+        nargs="?",
+        metavar="RUN_DIR",
+        help="a run folder of an experiment (runs/<experiment>/<method>-s<sparsity>-seed<k>): its data split, dense "
+        "model, ε and min count are read from the experiment; no other flag needed",
     )
-    g.add_argument("--sparse", required=True, metavar="FILE", help="the pruned model, in any of the same forms")
+    g = a.add_argument_group("models (without RUN_DIR)")
+    g.add_argument("--dense", metavar="FILE", help="the dense model: TorchScript, a ceag checkpoint or a state_dict")
+    g.add_argument("--sparse", metavar="FILE", help="the pruned model, in any of the same forms")
     g.add_argument(
         "--arch",
         default="auto",
@@ -207,12 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=comma_list(int), default=(512, 512), help="for state_dict files: MLP hidden widths")
     add_data_args(a)
     g = a.add_argument_group("report")
-    g.add_argument("--tolerance", "--epsilon", dest="tolerance", type=float, default=0.01, help="ε (default 0.01)")
-    g.add_argument("--min-count", type=int, default=30, help="leave out groups with fewer samples (default 30)")
+    g.add_argument(
+        "--tolerance", "--epsilon", dest="tolerance", type=float, default=None, help="ε (default: the run's, else 0.01)"
+    )
+    g.add_argument(
+        "--min-count", type=int, default=None, help="leave out groups with fewer samples (default: the run's, else 30)"
+    )
     g.add_argument("--confidence", type=float, default=0.95, help="level of the simultaneous intervals (default 0.95)")
     g.add_argument("--rows", type=int, default=15, help="groups printed per split, worst first (default 15; all in audit.md)")
     g.add_argument("--output", default="runs", help="root folder (default runs)")
-    g.add_argument("--name", help="folder name (default audit-<sparse file name>)")
+    g.add_argument("--name", help="folder name under --output (default audit-<sparse file name>; with RUN_DIR: RUN_DIR/audit)")
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--no-progress", action="store_true")
     a.set_defaults(handler=_audit, parser=a, train_samples=None)

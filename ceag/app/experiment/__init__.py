@@ -31,7 +31,7 @@ from ceag.app.experiment.config import (
     run_dir_name,
     sparsity_label,
 )
-from ceag.app.experiment.dense_cache import dense_model
+from ceag.app.experiment.dense_cache import dense_cache_path, dense_model
 from ceag.app.experiment.results import ExperimentResult, RunResult
 from ceag.app.experiment.runner import (
     load_data,
@@ -47,6 +47,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentResult",
     "RunResult",
+    "dense_cache_path",
     "dense_model",
     "load_data",
     "resolution_note",

@@ -57,6 +57,11 @@ def _dense_key(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) 
     return f"{cfg.dataset}-seed{seed}-{digest}"
 
 
+def dense_cache_path(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) -> Path:
+    """Where the seed's dense model of this experiment is cached (whether or not it is there)."""
+    return Path(cfg.output_root) / DENSE_CACHE / f"{_dense_key(cfg, data, seed)}.ckpt"
+
+
 def dense_model(
     cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int, *, log: Callable[[str], None] = print
 ) -> nn.Module:
@@ -68,7 +73,7 @@ def dense_model(
     :class:`ceag.train.NonFiniteError` (nothing cached) or skips the step, by
     ``cfg.on_nonfinite``.
     """
-    cache = Path(cfg.output_root) / DENSE_CACHE / f"{_dense_key(cfg, data, seed)}.ckpt"
+    cache = dense_cache_path(cfg, data, seed)
     rank, world = rank_and_world()
     if rank != 0:  # data parallel: rank 0 trains (or loads) and caches it; the others read it
         barrier()
