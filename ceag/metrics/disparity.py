@@ -320,7 +320,7 @@ def disparity(
     least ``confidence`` whatever the dependence between the dense and sparse predictions on
     the same samples. That interval holds per group, not simultaneously, and is several
     times wider than the paired one (tests/metrics/test_paired.py: 3,000 samples with 3%
-    discordant, half-width 4.9 points against 1.2).
+    discordant, half-width 4.7 points against 0.8).
 
     A group is "within ε" when its upper bound is ≤ ε, "violates" when its lower bound is
     > ε, "too small to tell" otherwise, and "absent" when excluded. With the paired interval
