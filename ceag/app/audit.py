@@ -257,6 +257,7 @@ def write_audit(
                     group_names=list(names),
                     counts=r.count.tolist(),
                     split=split,
+                    intervals={"sparse": r.psi_ci},
                 )
             )
     written.insert(0, atomic_write(folder / "audit.md", "\n".join(md).encode()))

@@ -152,9 +152,39 @@ def test_group_gap_bars_order_nan_and_epsilon():
     assert heights == sorted([5.0, 3.0, 1.0, -2.0, 1.0, 2.0, 0.0])  # pp, no bar for NaN
     eps = lines_labelled(ax, "ε = 0.01")
     assert len(eps) == 1 and eps[0].get_linestyle() == "--" and eps[0].get_ydata()[0] == pytest.approx(1.0)
-    assert "1 group without data omitted" in fig._suptitle.get_text()
+    assert "1 group omitted: too few samples to report" in fig._suptitle.get_text()
     labels = ax.get_legend_handles_labels()[1]
     assert "NFT: 2 of 4 groups above ε" in labels and "CEAG: 1 of 3 groups above ε" in labels
+
+
+def test_group_gap_bars_draw_intervals_coloured_by_verdict():
+    psi = np.array([0.05, 0.0, 0.02, NAN])
+    lo, hi = np.array([0.03, -0.01, -0.02, NAN]), np.array([0.07, 0.005, 0.06, NAN])
+    fig = groups._group_gap_figure(
+        {"CEAG": psi}, 0.01, group_names=None, counts=None, split="test", max_bars=60, order="index", intervals={"CEAG": (lo, hi)}
+    )
+    ax = fig.axes[0]
+    colours = {}
+    for c in ax.collections:  # one error-bar collection per verdict present
+        segs = c.get_segments()
+        if segs:
+            colours[tuple(np.round(c.get_color()[0][:3], 3))] = sorted(round(float(sg[0][0]), 3) for sg in segs)
+    red, green, grey = (0.843, 0.188, 0.153), (0.102, 0.596, 0.314), (0.45, 0.45, 0.45)
+    assert colours == {red: [0.0], green: [1.0], grey: [2.0]}  # by verdict, at each group's bar
+    assert "95% interval: violates" in ax.get_legend_handles_labels()[1]
+    with pytest.raises(ValueError, match="no such method"):
+        groups._group_gap_figure(
+            {"CEAG": psi}, 0.01, group_names=None, counts=None, split="test", max_bars=9, order="psi", intervals={"NFT": (lo, hi)}
+        )
+
+
+def test_long_intersection_names_keep_every_attribute():
+    from ceag.app.plots._common import _short
+
+    assert _short("Asian-Pac-Islander/Female/30-44") == "Asian-Pac…/Female/30-44"  # cut at a word break
+    assert _short("White/Male/30-44") == "White/Male/30-44"
+    for name in ("Amer-Indian-Eskimo/Female/30-44", "a" * 60, "x/" * 20):
+        assert len(_short(name)) <= 24
 
 
 def test_group_gap_bars_by_count():

@@ -178,12 +178,27 @@ def _escape(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _short(name: str, width: int = 18) -> str:
-    """At most ``width`` characters, shortened in the middle (the ends tell groups apart)."""
+def _short(name: str, width: int = 24) -> str:
+    """At most ``width`` characters. An intersection ("Asian-Pac-Islander/Female/30-44")
+    keeps every attribute and shortens the long ones at a word break ("Asian-Pac…/Female/30-44");
+    anything else is shortened in the middle (the ends tell groups apart)."""
+    parts = name.split("/")
+    if len(name) > width and len(parts) > 1:
+        budget = width - (len(parts) - 1)  # characters left after the slashes
+        long = [i for i, q in enumerate(parts) if len(q) * len(parts) > budget]  # over an even share
+        room = (budget - sum(len(q) for i, q in enumerate(parts) if i not in long)) // max(len(long), 1)
+        name = "/".join(_cut_words(q, max(room, 2)) if i in long and len(q) > room else q for i, q in enumerate(parts))
     if len(name) > width:
         head = (width - 1) // 2
         name = name[:head] + "…" + name[len(name) - (width - 1 - head) :]
     return _escape(name)
+
+
+def _cut_words(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with "…", at the last word break that fits if any."""
+    head = text[: width - 1]
+    k = max(head.rfind(sep) for sep in ("-", " ", "_"))
+    return (head[:k] if k >= len(head) // 2 else head) + "…"  # a break that keeps at least half
 
 
 def _plural(n: int, word: str = "group") -> str:

@@ -43,6 +43,7 @@ def _group_gap_figure(
     split: str,
     max_bars: int,
     order: str,
+    intervals: Mapping[str, Any] | None = None,
 ) -> Figure:
     if not isinstance(psi_by_method, Mapping):
         raise TypeError(f"psi_by_method must be a mapping method -> ψ_g, got {type(psi_by_method).__name__}")
@@ -74,6 +75,7 @@ def _group_gap_figure(
             raise ValueError("counts must be finite and >= 0")
     if order == "count" and cnt is None:
         raise ValueError("order='count' needs counts")
+    bounds = _check_intervals(intervals, methods, G)
 
     psi = np.stack(arrays)  # [M, G]
     finite = np.isfinite(psi)
@@ -116,7 +118,7 @@ def _group_gap_figure(
     elif n > 1 and order == "psi":
         title += f"\ngroups ordered by {first_label} " + r"$\psi_g$" + ", worst first"
     if num_present < G:
-        title += f" ({_plural(G - num_present)} without data omitted)"
+        title += f" ({_plural(G - num_present)} omitted: too few samples to report)"
     fig.suptitle(title, fontsize=10)
 
     if n == 0:
@@ -140,6 +142,11 @@ def _group_gap_figure(
             label=label,
             zorder=2,
         )
+        if m in bounds:
+            _verdict_bars(ax, x - group_w / 2 + (j + 0.5) * w, vals, bounds[m][0][shown], bounds[m][1][shown], tol)
+    if bounds and n:
+        for verdict, colour in _VERDICT_COLOURS.items():
+            ax.errorbar([], [], yerr=[], color=colour, linewidth=1.2, label=f"95% interval: {verdict}")
     ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=1)
     _epsilon_line(ax, tol)
     _include_epsilon(ax, tol)
@@ -181,6 +188,40 @@ def _group_gap_figure(
     return fig
 
 
+#: Colour of a group's interval by its verdict (bars keep the method's colour).
+_VERDICT_COLOURS = {"certified within ε": "#1a9850", "violates": "#d73027", "too small to tell": "0.45"}
+
+
+def _check_intervals(intervals: Mapping[str, Any] | None, methods: list[str], num_groups: int) -> dict[str, tuple]:
+    """method -> (lower [G], upper [G]) as float arrays (fractions); {} when not given."""
+    if intervals is None:
+        return {}
+    if not isinstance(intervals, Mapping):
+        raise TypeError(f"intervals must be a mapping method -> (lower, upper), got {type(intervals).__name__}")
+    out = {}
+    for m, pair in intervals.items():
+        if m not in methods:
+            raise ValueError(f"intervals[{m!r}]: no such method in psi_by_method ({', '.join(methods)})")
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"intervals[{m!r}] must be a (lower, upper) pair")
+        lo, hi = (_as_float_array(v, f"intervals[{m!r}]", 1) for v in pair)
+        if lo.shape[0] != num_groups or hi.shape[0] != num_groups:
+            raise ValueError(f"intervals[{m!r}] must have {num_groups} entries per bound (one per group)")
+        out[m] = (lo, hi)
+    return out
+
+
+def _verdict_bars(ax: Any, x: np.ndarray, psi: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: float) -> None:
+    """Each group's interval as an error bar coloured by its verdict."""
+    ok = np.isfinite(psi) & np.isfinite(lo) & np.isfinite(hi)
+    verdicts = np.where(hi <= tol, 0, np.where(lo > tol, 1, 2))
+    for code, colour in enumerate(_VERDICT_COLOURS.values()):
+        sel = ok & (verdicts == code)
+        if sel.any():
+            err = np.stack([psi[sel] - lo[sel], hi[sel] - psi[sel]]).clip(min=0) * PP
+            ax.errorbar(x[sel], psi[sel] * PP, yerr=err, fmt="none", ecolor=colour, elinewidth=1.2, capsize=2, zorder=3)
+
+
 def group_gap_bars(
     psi_by_method: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor],
     tolerance: float,
@@ -191,6 +232,7 @@ def group_gap_bars(
     split: str = "train",
     max_bars: int = 60,
     order: str = "psi",
+    intervals: Mapping[str, Any] | None = None,
 ) -> Path:
     """Fig. 1: bars of the excess accuracy gap ψ_g per group, one colour per method, ε as a line.
 
@@ -208,12 +250,22 @@ def group_gap_bars(
             panel draws every group's ψ_g sorted, one curve per method.
         order: bar order: "psi" (first method's ψ_g, worst first; default), "count" (largest
             group first) or "index" (group index).
+        intervals: method -> (lower [G], upper [G]) of ψ_g (e.g. ``DisparityReport.psi_ci``):
+            drawn as error bars coloured by the verdict (green: certified within ε, red:
+            violates, grey: too small to tell).
 
     The legend gives, per method, how many groups exceed ε. Returns ``Path(path)``.
     """
     p = _check_path(path)
     fig = _group_gap_figure(
-        psi_by_method, tolerance, group_names=group_names, counts=counts, split=split, max_bars=max_bars, order=order
+        psi_by_method,
+        tolerance,
+        group_names=group_names,
+        counts=counts,
+        split=split,
+        max_bars=max_bars,
+        order=order,
+        intervals=intervals,
     )
     return _save_figure(fig, p)
 
