@@ -23,6 +23,31 @@ from typing import Any
 
 import torch
 
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, for ``json.dumps(...,
+    allow_nan=False)``: JSON has no NaN (RFC 8259), and strict readers (JavaScript, jq, Go)
+    reject the ``NaN`` Python writes by default. :func:`nan_for_null` reads it back."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def nan_for_null(obj: Any) -> Any:
+    """The reverse of :func:`json_ready` for numeric data: every None becomes NaN."""
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: nan_for_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_for_null(v) for v in obj]
+    return obj
+
+
 try:  # POSIX advisory locks; elsewhere locking is a no-op
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux/macOS

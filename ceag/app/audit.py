@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ceag._io import CEAG_CHECKPOINT_MAGIC, atomic_write
+from ceag._io import CEAG_CHECKPOINT_MAGIC, atomic_write, json_ready
 from ceag.app.data.core import GroupedDataset
 from ceag.errors import UsageError
 from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate_samples, paired_counts
@@ -261,7 +261,7 @@ def write_audit(
                 )
             )
     written.insert(0, atomic_write(folder / "audit.md", "\n".join(md).encode()))
-    written.insert(1, atomic_write(folder / "audit.json", json.dumps(payload, indent=1, allow_nan=True).encode()))
+    written.insert(1, atomic_write(folder / "audit.json", json.dumps(json_ready(payload), indent=1, allow_nan=False).encode()))
     return written
 
 

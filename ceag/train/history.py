@@ -10,15 +10,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ceag._io import atomic_write
+from ceag._io import atomic_write, json_ready
 
 
 def history_json(config: dict[str, Any], history: Sequence[dict[str, Any]]) -> Iterator[bytes]:
     """``{"config": ..., "history": [...]}`` as JSON, one history row per line, encoded a row
     at a time (a row holds G multipliers: the text of the whole history is never built)."""
-    yield b'{"config": ' + json.dumps(config, allow_nan=True).encode() + b',\n "history": ['
-    for i, row in enumerate(history):
-        yield (b"\n  " if i == 0 else b",\n  ") + json.dumps(row, allow_nan=True).encode()
+    yield b'{"config": ' + json.dumps(json_ready(config), allow_nan=False).encode() + b',\n "history": ['
+    for i, row in enumerate(history):  # NaN (e.g. no ψ before pruning) is written as null
+        yield (b"\n  " if i == 0 else b",\n  ") + json.dumps(json_ready(row), allow_nan=False).encode()
     yield b"\n ]\n}"
 
 

@@ -109,8 +109,27 @@ def test_interrupted_run_finishes_with_the_same_result(tmp_path, finished):
     (run / "metrics.json").unlink()
     again = run_experiment(cfg, log=lambda _: None, plots=False)
     got = next(r for r in again.runs if (r.method, r.sparsity, r.seed) == (r0.method, r0.sparsity, r0.seed))
+    want = experiment.RunResult.from_dict(saved)
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 - NaN == NaN
-    assert same(got.summary, saved["summary"]) and same(got.psi, saved["psi"]) and same(got.groups, saved["groups"])
+    assert same(got.summary, want.summary) and same(got.psi, want.psi) and same(got.groups, want.groups)
+
+
+def test_result_files_are_strict_json(finished):
+    """NaN (no ψ before pruning, no measurable group) is written as null: strict readers
+    (JavaScript, jq) reject Python's NaN. Reading the files back gives NaN again."""
+    cfg, result = finished
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    files = [cfg.output_dir / "results.json", *cfg.output_dir.glob("*/metrics.json"), *cfg.output_dir.glob("*/history.json")]
+    assert len(files) > 2
+    for f in files:
+        strict(f.read_text())
+    metrics = next(cfg.output_dir.glob("*/metrics.json"))
+    assert "null" in (metrics.parent / "history.json").read_text()  # the dense-free epochs' ψ
+    run = experiment.RunResult.from_dict(strict(metrics.read_text()))
+    assert math.isnan(run.history[0]["train_max_psi"]) or run.history[0]["phase"] != "dense"
 
 
 def test_dense_cache_is_shared_and_keyed(tmp_path, monkeypatch):

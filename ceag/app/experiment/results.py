@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ceag._io import json_ready, nan_for_null
 from ceag.app.experiment.config import METHOD_LABELS, ExperimentConfig, sparsity_label
 
 # ---------------------------------------------------------------------------------------
@@ -56,7 +57,8 @@ class RunResult:
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         if not isinstance(d, dict):
             raise TypeError(f"expected a JSON object, got {type(d).__name__}")
-        d = dict(d)
+        # Numbers written as null are NaN (json_ready); files from before wrote NaN itself.
+        d = nan_for_null(d)  # no field of a run is None by itself
         if "measured_sparsity" not in d:  # written before it was recorded: the last epoch's
             d["measured_sparsity"] = (d.get("history") or [{}])[-1].get("sparsity", math.nan)
         run = cls(**d)
@@ -141,11 +143,11 @@ class ExperimentResult:
 
 
 def _json_chunks(obj: Any, indent: int | None = None, size: int = 1 << 20) -> Iterator[bytes]:
-    """``json.dumps(obj, indent=indent, allow_nan=True)`` encoded, in pieces of about ``size``
-    bytes, so a large file (every run's history: G multipliers per epoch) is never held whole."""
+    """``json.dumps(json_ready(obj), indent=indent)`` encoded (NaN as null), in pieces of about
+    ``size`` bytes, so a large file (every run's history: G multipliers per epoch) is never held whole."""
     parts: list[str] = []
     held = 0
-    for piece in json.JSONEncoder(indent=indent, allow_nan=True).iterencode(obj):
+    for piece in json.JSONEncoder(indent=indent, allow_nan=False).iterencode(json_ready(obj)):
         parts.append(piece)
         held += len(piece)
         if held >= size:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ceag._io import LOCK_NAME, atomic_write, check_output_dir, lock, remove_temp_files
+from ceag._io import LOCK_NAME, atomic_write, check_output_dir, json_ready, lock, remove_temp_files
 from ceag.app import data as datasets
 from ceag.app.experiment.config import (
     METHOD_LABELS,
@@ -144,7 +144,7 @@ def run_one(
         measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
     )
     if trainer.is_main:
-        atomic_write(metrics, json.dumps(result.to_dict(), allow_nan=True).encode())
+        atomic_write(metrics, json.dumps(json_ready(result.to_dict()), allow_nan=False).encode())
     return result
 
 
