@@ -243,7 +243,8 @@ class DisparityReport:
             "num_within": statuses[STATUS_WITHIN],
             "num_violates": statuses[STATUS_VIOLATES],
             "num_too_small": statuses[STATUS_UNKNOWN],
-            "num_absent": statuses[STATUS_ABSENT],
+            # Groups with no sample in either split; those with too few are num_excluded.
+            "num_absent": int(((self.count == 0) | (self.dense_count == 0)).sum()),
             "num_excluded": self.num_excluded,
             "min_count": self.min_count,
             "interval": self.interval,

@@ -57,6 +57,10 @@ def test_files_table_and_plots(finished):
     md = (out / "results.md").read_text()
     assert re.search(r"\| 50% \(50\.\d\d%\) \| NFT \|", md) and re.search(r"\| 80% \(80\.\d\d%\) \| CEAG \|", md), md
     assert "plots/" in md
+    # The bold note only where a cell is bold; the verdict columns are there per split.
+    table = md.split("**Bold**")[0]
+    assert ("**Bold** max ψ" in md) == ("**" in table.split("| ms/step |")[-1])
+    assert "test within / violate / too small" in md and "train max ψ measurable" in md
     names = {p.name for p in result.plots}
     # Fig. 1 and 3 per split and sparsity, Fig. 4 for CEAG per sparsity, Fig. 2 per split.
     assert {"group_psi-train-s80.png", "psi_over_training-test-s50.png", "multipliers-ceag-s80.png", "tradeoff-test.png"} <= names

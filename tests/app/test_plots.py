@@ -406,3 +406,10 @@ def test_import_is_lazy_and_pyplot_free(tmp_path):
     env = dict(os.environ, MPLBACKEND="")  # no backend preference needed
     env.pop("MPLBACKEND")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_group_gap_bars_say_when_bars_are_means_over_seeds():
+    psi = {"NFT": np.array([0.02, 0.0])}
+    one = groups._group_gap_figure(psi, 0.01, group_names=None, counts=None, split="test", max_bars=9, order="psi")
+    three = groups._group_gap_figure(psi, 0.01, group_names=None, counts=None, split="test", max_bars=9, order="psi", seeds=3)
+    assert "mean over" not in one._suptitle.get_text() and "mean over 3 seeds" in three._suptitle.get_text()

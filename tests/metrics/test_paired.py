@@ -212,3 +212,9 @@ def test_disparity_refuses_counts_that_do_not_match_the_statistics(constructed):
     other = GroupStats(d.count + 1, d.correct, d.loss_sum)
     with pytest.raises(ValueError, match="same samples"):
         disparity(d, other, 0.01, lost=lost, gained=gained)
+
+
+def test_num_absent_counts_only_groups_without_samples():
+    dense = GroupStats(torch.tensor([100, 10, 0]), torch.tensor([90, 9, 0]), torch.zeros(3, dtype=torch.float64))
+    s = disparity(dense, dense.clone(), 0.01, min_count=30).summary()
+    assert s["num_absent"] == 1 and s["num_excluded"] == 1  # the group of 10 has data: left out, not absent

@@ -254,7 +254,7 @@ class ExperimentConfig:
         return (
             f"{self.dataset}, ε = {self.tolerance:g}, η_λ = {self.dual_lr_text(num_groups, num_train)}, "
             f"seeds {', '.join(map(str, self.seeds))}; ψ over groups with ≥ {self.min_count} samples; "
-            "percent, mean ± std over seeds; **bold** max ψ: within ε. *Measurable*: groups whose 95% "
+            "percent, mean ± std over seeds. *Measurable*: groups whose 95% "
             "simultaneous paired interval on ψ_g is at most 2ε wide each side; within / violate / too small: "
             "groups certified ψ_g ≤ ε, certified ψ_g > ε, and neither (mean over seeds)."
         )

@@ -130,6 +130,8 @@ class ExperimentResult:
                 cells.append("n/a" if any(math.isnan(v) for v in counts) else " / ".join(f"{v:.3g}" for v in counts))
             cells.append(f"{row['seconds_per_step'] * 1e3:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
+        if any("**" in line for line in lines[2:]):
+            lines += ["", "**Bold** max ψ: the mean over seeds is within ε."]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -385,7 +385,13 @@ def write_plots(result: ExperimentResult) -> list[Path]:
             counts = next(r.count[split] for r in runs)
             written.append(
                 plots.group_gap_bars(
-                    psi, eps, folder / f"group_psi-{split}-{tag}.png", group_names=result.group_names, counts=counts, split=split
+                    psi,
+                    eps,
+                    folder / f"group_psi-{split}-{tag}.png",
+                    group_names=result.group_names,
+                    counts=counts,
+                    split=split,
+                    seeds=len({r.seed for r in runs}),
                 )
             )
             histories = {label(m): [r.history for r in runs if r.method == m] for m in cfg.methods}

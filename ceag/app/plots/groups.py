@@ -44,6 +44,7 @@ def _group_gap_figure(
     max_bars: int,
     order: str,
     intervals: Mapping[str, Any] | None = None,
+    seeds: int = 1,
 ) -> Figure:
     if not isinstance(psi_by_method, Mapping):
         raise TypeError(f"psi_by_method must be a mapping method -> ψ_g, got {type(psi_by_method).__name__}")
@@ -108,7 +109,8 @@ def _group_gap_figure(
         fig = _new_figure(width, height)
         ax, ax_all = fig.subplots(), None
 
-    title = f"Excess accuracy gap per group after pruning ({split} split)"
+    title = f"Excess accuracy gap per group after pruning ({split} split"
+    title += f"; ψ_g and the counts in the legend: mean over {seeds} seeds)" if seeds > 1 else ")"
     if truncated:
         title += f"\nleft: the {_fmt_int(n)} worst of {_fmt_int(num_present)} groups under {first_label}"
         title += {"psi": "", "count": ", largest first", "index": ", by group index"}[order]
@@ -233,6 +235,7 @@ def group_gap_bars(
     max_bars: int = 60,
     order: str = "psi",
     intervals: Mapping[str, Any] | None = None,
+    seeds: int = 1,
 ) -> Path:
     """Fig. 1: bars of the excess accuracy gap ψ_g per group, one colour per method, ε as a line.
 
@@ -253,6 +256,7 @@ def group_gap_bars(
         intervals: method -> (lower [G], upper [G]) of ψ_g (e.g. ``DisparityReport.psi_ci``):
             drawn as error bars coloured by the verdict (green: certified within ε, red:
             violates, grey: too small to tell).
+        seeds: how many seeds ``psi_by_method`` averages (the title says so when > 1).
 
     The legend gives, per method, how many groups exceed ε. Returns ``Path(path)``.
     """
@@ -266,6 +270,7 @@ def group_gap_bars(
         max_bars=max_bars,
         order=order,
         intervals=intervals,
+        seeds=seeds,
     )
     return _save_figure(fig, p)
 
