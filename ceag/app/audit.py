@@ -25,6 +25,7 @@ the layers masked). Files are unpickled with ``weights_only=True``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import warnings
@@ -44,7 +45,7 @@ from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate
 from ceag.models import build_model
 from ceag.prune import compact_, sparsify, sparsity_report
 
-__all__ = ["RunToAudit", "audit", "load_model", "load_run", "write_audit"]
+__all__ = ["RunToAudit", "audit", "export_run", "load_model", "load_run", "write_audit"]
 
 
 def load_model(path: str | Path, data: GroupedDataset, *, arch: str = "auto", hidden: Sequence[int] = (512, 512)) -> nn.Module:
@@ -115,11 +116,56 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None) -> RunToAudit
     Raises :class:`~ceag.errors.UsageError` naming what is missing: a folder that is not a
     run of an experiment, no checkpoint, or a dense model no longer in the cache.
     """
-    from ceag.app.experiment import ExperimentConfig, dense_cache_path, load_data
+    from ceag.app.experiment import dense_cache_path
+
+    cfg, seed, ckpt = _run_config(Path(run_dir), data_root)
+    run_dir = Path(run_dir)
+    data = _run_data(cfg)
+    dense_path = dense_cache_path(cfg, data, seed)
+    if not dense_path.is_file():
+        raise UsageError(
+            f"the dense model of {run_dir} (seed {seed}) is not in the cache: {dense_path} is missing; "
+            f"re-running the experiment's command rebuilds it (or audit with --dense FILE --sparse {ckpt})"
+        )
+    dense = load_model(dense_path, data, arch=cfg.arch, hidden=cfg.hidden)
+    sparse = load_model(ckpt, data, arch=cfg.arch, hidden=cfg.hidden)
+    return RunToAudit(run_dir, cfg, seed, data, dense, sparse, dense_path, (run_dir / "metrics.json").is_file())
+
+
+def export_run(run_dir: str | Path, path: str | Path | None = None, *, fmt: str = "state_dict") -> Path:
+    """Write the run's pruned model for code that knows nothing of ceag; returns the file.
+
+    ``fmt="state_dict"``: ``torch.save`` of the plain model's ``state_dict``
+    (:func:`ceag.prune.unsparsify`: ``nn.Linear`` / ``nn.Conv2d``, pruned weights 0, no
+    masks), loadable with ``torch.load(..., weights_only=True)`` into the architecture
+    ``ceag.models.build_model`` builds. ``fmt="torchscript"``: the plain model as TorchScript,
+    loadable with ``torch.jit.load`` alone. Default file: ``RUN_DIR/model.pt`` or ``model.ts``.
+    """
+    from ceag.prune import unsparsify
+
+    if fmt not in ("state_dict", "torchscript"):
+        raise UsageError(f"--format must be state_dict or torchscript, got {fmt!r}")
+    run_dir = Path(run_dir)
+    cfg, _, ckpt = _run_config(run_dir, None)
+    data = _run_data(cfg)
+    plain = unsparsify(load_model(ckpt, data, arch=cfg.arch, hidden=cfg.hidden)).eval()
+    out = Path(path) if path is not None else run_dir / ("model.pt" if fmt == "state_dict" else "model.ts")
+    buf = io.BytesIO()
+    if fmt == "state_dict":
+        torch.save(plain.state_dict(), buf)
+    else:
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still ship it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(torch.jit.script(plain), buf)
+    return atomic_write(out, buf.getvalue())
+
+
+def _run_config(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path]:
+    """(the experiment's config, placed where the folder is now; the run's seed; its last.ckpt)."""
+    from ceag.app.experiment import ExperimentConfig
     from ceag.train import CheckpointError, load_checkpoint
     from ceag.train.checkpoint import CHECKPOINT_NAME
 
-    run_dir = Path(run_dir)
     experiment = run_dir.parent
     config_path = experiment / "config.json"
     ckpt = run_dir / CHECKPOINT_NAME
@@ -134,24 +180,20 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None) -> RunToAudit
         saved = json.loads(config_path.read_text())
         # Fields added since the folder was written read as the value it ran with.
         cfg = ExperimentConfig.from_dict({**ExperimentConfig.ADDED_FIELDS, **saved})
-        state = load_checkpoint(ckpt)
-        seed = int(state["config"]["seed"])
+        seed = int(load_checkpoint(ckpt)["config"]["seed"])
     except (ValueError, TypeError, KeyError, OSError, CheckpointError) as err:
         raise UsageError(f"{run_dir}: cannot read the experiment's config or checkpoint ({err})") from None
     # Where the folder is now, not where it was written: the dense cache sits beside it.
     cfg = dataclasses.replace(cfg, output_root=str(experiment.parent), name=experiment.name, progress=False)
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=data_root)
-    data = load_data(cfg)
-    dense_path = dense_cache_path(cfg, data, seed)
-    if not dense_path.is_file():
-        raise UsageError(
-            f"the dense model of {run_dir} (seed {seed}) is not in the cache: {dense_path} is missing; "
-            f"re-running the experiment's command rebuilds it (or audit with --dense FILE --sparse {ckpt})"
-        )
-    dense = load_model(dense_path, data, arch=cfg.arch, hidden=cfg.hidden)
-    sparse = load_model(ckpt, data, arch=cfg.arch, hidden=cfg.hidden)
-    return RunToAudit(run_dir, cfg, seed, data, dense, sparse, dense_path, (run_dir / "metrics.json").is_file())
+    return cfg, seed, ckpt
+
+
+def _run_data(cfg: Any) -> GroupedDataset:
+    from ceag.app.experiment import load_data
+
+    return load_data(cfg)
 
 
 def _is_torchscript(path: Path) -> bool:

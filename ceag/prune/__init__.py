@@ -1,7 +1,7 @@
 """Pruning: which weights a mask keeps, and when.
 
 - ``sparsify`` swaps a model's Linear / Conv2d layers for masked ones (``ceag.nn``);
-  ``prunable_layers`` lists them.
+  ``prunable_layers`` lists them; ``unsparsify`` gives a plain copy to export.
 - ``magnitude_prune`` shrinks the masks by ``|w|``, layer-wise (the paper's default) or
   global; ``apply_masks_`` and ``mask_optimizer_state_`` keep pruned weights at exactly zero
   through training (``ceag.prune.magnitude``).
@@ -27,6 +27,7 @@ from ceag.prune.magnitude import (
     prunable_layers,
     sparsify,
     sparsity_report,
+    unsparsify,
 )
 from ceag.prune.schedule import GMPSchedule
 
@@ -43,4 +44,5 @@ __all__ = [
     "prunable_layers",
     "sparsify",
     "sparsity_report",
+    "unsparsify",
 ]

@@ -304,6 +304,37 @@ def _replace_children(model: nn.Module, replacement: dict[int, nn.Module]) -> No
                 parent._modules[cname] = replacement[id(child)]
 
 
+def unsparsify(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every masked layer as the plain ``nn.Linear`` / ``nn.Conv2d``
+    it stands for, the pruned weights exactly 0 and no mask: code that knows nothing of ceag
+    loads its ``state_dict`` into the original architecture, or runs it as TorchScript."""
+    import copy
+
+    out = copy.deepcopy(model)
+    swap = {}
+    for _, m in prunable_layers(out):
+        if isinstance(m, CompactLinear):
+            swap[id(m)] = m.to_dense()
+            continue
+        w = m.weight
+        kw = dict(bias=m.bias is not None, device=w.device, dtype=w.dtype)
+        if isinstance(m, MaskedLinear):
+            new = nn.Linear(m.in_features, m.out_features, **kw)
+        else:
+            new = nn.Conv2d(
+                m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                padding_mode=m.padding_mode, **kw,
+            )  # fmt: skip
+        with torch.no_grad():
+            new.weight.copy_(w * m.mask)
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
+        new.train(m.training)
+        swap[id(m)] = new
+    _replace_children(out, swap)
+    return swap.get(id(out), out)
+
+
 def apply_masks_(model: nn.Module) -> nn.Module:
     """Set every masked layer's pruned weights to exactly 0; returns ``model``.
 

@@ -138,3 +138,36 @@ def test_audit_of_a_run_folder_names_what_is_missing(trained, tmp_path, capsys):
         assert "is not in the cache" in capsys.readouterr().err
     finally:
         moved.rename(dense)
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "torchscript"])
+def test_export_gives_a_plain_model_that_predicts_like_the_run(trained, tmp_path, capsys, fmt):
+    """`ceag export RUN_DIR`: the pruned model for code without ceag (weights_only load, no masks)."""
+    from ceag.models import build_model
+
+    _, _, sparse, _ = trained
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(sparse.parent), "--format", fmt, "--output", str(out)]) == 0
+    assert f"written: {out}" in capsys.readouterr().out
+    data = _data()
+    want = load_model(sparse, data, hidden=(16, 16))
+    if fmt == "state_dict":
+        state = torch.load(out, weights_only=True)
+        assert not any(k.endswith(".mask") for k in state)
+        model = build_model(data.input_shape, data.num_classes, "auto", (16, 16))
+        model.load_state_dict(state)
+    else:
+        model = torch.jit.load(str(out))
+    x = data.test.tensors[0][:64]
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), want(x), atol=1e-6)
+    zeros = sum(
+        int((p == 0).sum()) for n, p in (state.items() if fmt == "state_dict" else model.state_dict().items()) if "weight" in n
+    )
+    assert zeros > 0  # pruned weights are exactly 0
+
+
+def test_export_names_a_bad_run_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(tmp_path)])
+    assert exc.value.code == 2 and "is not a run of an experiment" in capsys.readouterr().err

@@ -334,3 +334,21 @@ def test_compile_fullgraph_sparsified_mlp():
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), y_eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["dense", "compact"])
+@pytest.mark.parametrize("shape", [(12,), (1, 12, 12)])
+def test_unsparsify_gives_the_plain_architecture_with_the_same_outputs(storage, shape):
+    from ceag.models import build_model
+    from ceag.prune import magnitude_prune, sparsify, unsparsify
+
+    torch.manual_seed(0)
+    model = sparsify(build_model(shape, 3, "auto", (16, 16)), storage=storage if len(shape) == 1 else "dense")
+    magnitude_prune(model, 0.8)
+    plain = unsparsify(model)
+    assert not prunable_layers(plain) and prunable_layers(model)  # a copy; the original is untouched
+    ref = build_model(shape, 3, "auto", (16, 16))
+    ref.load_state_dict(plain.state_dict())  # the original architecture's keys, no masks
+    x = torch.randn(7, *shape)
+    with torch.no_grad():
+        assert torch.allclose(ref.eval()(x), model.eval()(x), atol=1e-6)

@@ -110,6 +110,19 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ceag.app import audit as audit_mod
+
+    path = audit_mod.export_run(args.run, args.output, fmt=args.format)
+    how = (
+        "torch.load(path, weights_only=True) -> state_dict of plain nn.Linear / nn.Conv2d layers (pruned weights 0)"
+        if args.format == "state_dict"
+        else "torch.jit.load(path)"
+    )
+    print(f"written: {path}\nload it with {how}; its per-group report: ceag audit {args.run}")
+    return 0
+
+
 def _audit_run(args: argparse.Namespace) -> int:
     """``ceag audit RUN_DIR``: the run's data split, dense model and ε, found from its folder."""
     from pathlib import Path
@@ -267,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--no-progress", action="store_true")
     a.set_defaults(handler=_audit, parser=a, train_samples=None)
+
+    text = "write a run's pruned model as a plain state_dict or TorchScript, for code without ceag"
+    e = sub.add_parser("export", help=text, description=text)
+    e.add_argument(
+        "run", metavar="RUN_DIR", help="a run folder of an experiment (runs/<experiment>/<method>-s<sparsity>-seed<k>)"
+    )
+    e.add_argument(
+        "--format",
+        choices=("state_dict", "torchscript"),
+        default="state_dict",
+        help="state_dict (default; torch.load(..., weights_only=True) into ceag.models.build_model's architecture) or "
+        "torchscript (torch.jit.load alone)",
+    )
+    e.add_argument("--output", metavar="FILE", help="the file to write (default RUN_DIR/model.pt or model.ts)")
+    e.set_defaults(handler=_export, parser=e)
 
     d = sub.add_parser("data", help="fetch and list the bundled data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
