@@ -122,6 +122,9 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None) -> RunToAudit
     run_dir = Path(run_dir)
     data = _run_data(cfg)
     dense_path = dense_cache_path(cfg, data, seed)
+    recorded = _recorded_dense_model(run_dir)
+    if recorded:  # the file the run started from, even if the cache key has changed since
+        dense_path = dense_path.with_name(recorded)
     if not dense_path.is_file():
         raise UsageError(
             f"the dense model of {run_dir} (seed {seed}) is not in the cache: {dense_path} is missing; "
@@ -188,6 +191,15 @@ def _run_config(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path]:
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=data_root)
     return cfg, seed, ckpt
+
+
+def _recorded_dense_model(run_dir: Path) -> str:
+    """The dense model's file name a finished run recorded in metrics.json ("" if none)."""
+    try:
+        name = json.loads((run_dir / "metrics.json").read_text()).get("dense_model", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return name if isinstance(name, str) and "/" not in name and "\\" not in name else ""
 
 
 def _run_data(cfg: Any) -> GroupedDataset:

@@ -101,8 +101,9 @@ def test_bad_model_files_are_named(trained, tmp_path, capsys):
 def test_audit_of_a_run_folder_needs_no_flags(trained, tmp_path, capsys):
     """`ceag audit RUN_DIR` finds the split, the dense model and ε / min count from the run,
     and gives the run's own paired intervals and verdicts."""
-    root, _, sparse, metrics = trained
+    root, dense, sparse, metrics = trained
     run = sparse.parent
+    assert metrics["dense_model"] == dense.name  # the run records the dense model it started from
     assert main(["audit", str(run), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert f"run {run}: seed 0" in out and "measurable" in out

@@ -45,8 +45,12 @@ class RunResult:
     history: list[dict[str, Any]]
     seconds_per_step: float  # mean wall time of a mitigation-phase training step
     measured_sparsity: float = math.nan  # of the final model's masked layers (the requested one is ``sparsity``)
-    # split -> {"psi_lower", "psi_upper": [G], "status": [G] verdicts} ({} in files from before)
+    # split -> {"psi_lower", "psi_upper", "samples_to_certify": [G], "status": [G] verdicts}
+    # ({} in files from before)
     groups: dict[str, dict[str, list]] = field(default_factory=dict)
+    # The file name of the dense model the run started from, in output_root/.dense-cache
+    # ("" in files from before): what `ceag audit RUN_DIR` compares against.
+    dense_model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow (the values are JSON-ready lists and dicts): dataclasses.asdict would deep-copy

@@ -22,7 +22,7 @@ from ceag.app.experiment.config import (
     run_dir_name,
     sparsity_label,
 )
-from ceag.app.experiment.dense_cache import dense_model
+from ceag.app.experiment.dense_cache import dense_cache_path, dense_model
 from ceag.app.experiment.results import (
     ExperimentResult,
     RunResult,
@@ -56,6 +56,7 @@ def _final_report(trainer: Trainer) -> tuple[dict, dict, dict, dict]:
             "psi_lower": rep.psi_ci[0].tolist(),
             "psi_upper": rep.psi_ci[1].tolist(),
             "status": list(rep.status),
+            "samples_to_certify": rep.samples_to_certify.tolist() if rep.samples_to_certify is not None else [],
         }
     return summary, psi, count, groups
 
@@ -142,6 +143,7 @@ def run_one(
         history=trainer.history,
         seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
         measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
+        dense_model=dense_cache_path(cfg, data, seed).name,
     )
     if trainer.is_main:
         atomic_write(metrics, json.dumps(json_ready(result.to_dict()), allow_nan=False).encode())
