@@ -339,11 +339,9 @@ def _run_experiment(
                         on_epoch_end=on_epoch_end,
                     )
                 runs.append(r)
-                tr, te = r.summary["train"], r.summary["test"]
                 log(
                     f"[{len(runs)}/{len(grid)}] {METHOD_LABELS[method]:<5} sparsity {r.measured_sparsity:.1%} seed {seed}: "
-                    f"train acc {tr['accuracy']:.1%} max ψ {tr['max_psi']:.1%} | "
-                    f"test acc {te['accuracy']:.1%} max ψ {te['max_psi']:.1%}"
+                    + " | ".join(_split_line(split, r.summary[split]) for split in ("train", "test"))
                     + (" (cached)" if done else f" ({time.perf_counter() - start:.0f} s)")
                 )
     if not main:
@@ -364,6 +362,14 @@ def _run_experiment(
     atomic_write(out / "results.json", _json_chunks(result.to_dict(), indent=1))
     atomic_write(out / "results.md", (_markdown(result) + "\n").encode())
     return result
+
+
+def _split_line(split: str, s: dict[str, Any]) -> str:
+    """ "test acc 85.8% max ψ 2.3% (certified within ε 3, violate 0, too small 22)"."""
+    line = f"{split} acc {s['accuracy']:.1%} max ψ {s['max_psi']:.1%}"
+    if not math.isnan(s.get("num_within", math.nan)):
+        line += f" (certified within ε {s['num_within']}, violate {s['num_violates']}, too small {s['num_too_small']})"
+    return line
 
 
 def write_plots(result: ExperimentResult) -> list[Path]:
