@@ -52,10 +52,10 @@ def test_compare_end_to_end(tmp_path, capsys):
         ]
     )
     assert code == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert re.search(r"\| 80% \(80\.\d\d%\) \| NFT \|", out) and re.search(r"\| 80% \(80\.\d\d%\) \| CEAG \|", out), out
     assert "plot:" in out and "results.md" in out
-    assert re.search(r"test acc [\d.]+% max ψ -?[\d.]+% \(certified within ε \d+, violate \d+, too small \d+\)", out), out
+    assert re.search(r"test acc [\d.]+% max ψ -?[\d.]+% \(certified within ε \d+, violate \d+, too small \d+\)", err), err
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert saved["config"]["seeds"] == [0, 1] and saved["config"]["sparsities"] == [0.8]
     assert saved["config"]["dataset_options"] == {"num_groups": 5, "num_train": 500}
