@@ -24,7 +24,6 @@ _COLUMNS = (
     ("psi_pw", "Ψ_PW", True),
     ("max_psi", "max ψ", True),
     ("max_psi_measurable", "max ψ measurable", True),
-    ("frac_within_tolerance", "within ε", True),
 )
 #: Per split, the verdict counts (DisparityReport.summary keys), shown as one cell.
 _VERDICTS = ("num_within", "num_violates", "num_too_small")
