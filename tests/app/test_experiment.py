@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -359,3 +360,23 @@ def test_resolution_note_names_the_coarse_groups():
     assert experiment.resolution_note(torch.tensor([5, 300, 470]), 0.01, 30) == ""  # the group of 5 is not reported
     assert experiment.resolution_note(torch.tensor([33, 300]), 0.0, 30) == ""
     assert "1 of the 2" in experiment.resolution_note(torch.tensor([33, 300]), 0.01, 30)
+
+
+def test_one_seed_plots_draw_the_runs_intervals(finished, monkeypatch, tmp_path):
+    """With one run per method the per-group plot gets its paired intervals (verdict colours);
+    bars that are means over seeds get none."""
+    import dataclasses
+
+    from ceag.app import plots
+
+    cfg, result = finished
+    seen = []
+    monkeypatch.setattr(plots, "group_gap_bars", lambda psi, eps, path, **kw: seen.append(kw.get("intervals")) or path)
+    for other in ("disparity_over_training", "multiplier_trajectories", "tradeoff"):  # not the point here
+        monkeypatch.setattr(plots, other, lambda *a, **k: Path("x.png"))
+    one = dataclasses.replace(result, runs=[r for r in result.runs if r.seed == 0], output_dir=tmp_path)
+    experiment.write_plots(one)
+    assert seen and all(iv is not None and set(iv) == {"NFT", "CEAG"} for iv in seen)
+    seen.clear()
+    experiment.write_plots(dataclasses.replace(result, output_dir=tmp_path))
+    assert seen and all(iv is None for iv in seen)

@@ -385,11 +385,15 @@ def write_plots(result: ExperimentResult) -> list[Path]:
         runs = [r for r in result.runs if r.sparsity == sparsity]
         tag = f"s{sparsity_label(sparsity)}"
         for split in ("train", "test"):
-            psi = {}
+            psi, intervals = {}, {}
             for m in cfg.methods:
-                per_seed = torch.tensor([r.psi[split] for r in runs if r.method == m], dtype=torch.float64)
+                mine = [r for r in runs if r.method == m]
+                per_seed = torch.tensor([r.psi[split] for r in mine], dtype=torch.float64)
                 if len(per_seed):
                     psi[label(m)] = per_seed.nanmean(0)  # mean over seeds (NaN: excluded everywhere)
+                if len(mine) == 1 and mine[0].groups.get(split):  # one run: its intervals and verdicts
+                    g = mine[0].groups[split]
+                    intervals[label(m)] = (g["psi_lower"], g["psi_upper"])
             counts = next(r.count[split] for r in runs)
             written.append(
                 plots.group_gap_bars(
@@ -400,6 +404,7 @@ def write_plots(result: ExperimentResult) -> list[Path]:
                     counts=counts,
                     split=split,
                     seeds=len({r.seed for r in runs}),
+                    intervals=intervals or None,
                 )
             )
             histories = {label(m): [r.history for r in runs if r.method == m] for m in cfg.methods}
