@@ -15,11 +15,13 @@ PyObject* PyInit__C(void) {
 
 namespace ceag {
 std::string cpu_capability();  // csrc/cpu/dispatch.cpp
+std::string cpu_kernel_paths(const std::string& capability);  // csrc/cpu/dispatch.cpp
 }
 
 TORCH_LIBRARY(ceag, m) {
   // Which CPU kernel variant runs: "default" (portable), "avx2" or "avx512" (dispatch.cpp).
   m.def("cpu_capability() -> str", &ceag::cpu_capability);
+  m.def("cpu_kernel_paths(str capability) -> str", &ceag::cpu_kernel_paths);
 
   // y = x @ (weight * mask).T + bias. x is [B, K]. csr_ptr/csr_idx: the mask's kept
   // positions by output row (int32); when given, the CPU kernel takes its sparse path.

@@ -3,3 +3,4 @@
 #pragma GCC pop_options
 #endif
 #undef CEAG_CAP_NS
+#undef CEAG_SIMD_AVX512

@@ -19,6 +19,7 @@ namespace ceag {
   void register_compact_linear(torch::Library& m);          \
   void register_group_cross_entropy(torch::Library& m);     \
   void register_replay_buffer(torch::Library& m);           \
+  const char* group_cross_entropy_path();                   \
   }                                                         \
   static void register_all_##ns(torch::Library& m) {        \
     ns::register_masked_linear(m);                          \
@@ -75,6 +76,21 @@ int chosen_level() {
 }  // namespace
 
 std::string cpu_capability() { return kNames[chosen_level()]; }
+
+// "group_cross_entropy=<path>" for the variant ``capability`` as built (whatever this CPU
+// runs: nothing is executed), or "not built" for a variant this build lacks.
+std::string cpu_kernel_paths(const std::string& capability) {
+  const char* path = nullptr;
+  if (capability == "default") path = cap_default::group_cross_entropy_path();
+#if defined(CEAG_CPU_VARIANTS)
+  if (capability == "avx2") path = cap_avx2::group_cross_entropy_path();
+  if (capability == "avx512") path = cap_avx512::group_cross_entropy_path();
+#else
+  if (capability == "avx2" || capability == "avx512") return "not built";
+#endif
+  TORCH_CHECK(path != nullptr, "cpu_kernel_paths: capability must be default, avx2 or avx512, got '", capability, "'");
+  return std::string("group_cross_entropy=") + path;
+}
 
 TORCH_LIBRARY_IMPL(ceag, CPU, m) {
   switch (chosen_level()) {

@@ -27,7 +27,7 @@
 
 #include "capability.h"
 
-#if defined(__AVX512F__)
+#if defined(CEAG_SIMD_AVX512)
 // GCC 12 flags _mm512_undefined_*() inside its own _mm512_reduce_* intrinsics: a false positive.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -86,7 +86,7 @@ inline void block_affine(const A* e, int64_t n, A scale, A bias, A* out) {
   for (int64_t j = 0; j < n; ++j) out[j] = e[j] * scale + bias;
 }
 
-#if defined(__AVX512F__)
+#if defined(CEAG_SIMD_AVX512)
 // exp for fp32 lanes: Cephes polynomial on [-ln2/2, ln2/2], scaled by 2^n with scalef
 // (which also flushes very negative inputs to 0 and overflows large ones to inf). NaN
 // propagates. Max error ~2 ulp.
@@ -210,7 +210,7 @@ inline void block_affine(const float* e, int64_t n, float scale, float bias, flo
     _mm512_mask_storeu_ps(out + j, tm, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, e + j), vsc, vb));
   }
 }
-#endif  // __AVX512F__
+#endif  // CEAG_SIMD_AVX512
 
 // ---------------------------------------------------------------------------------------
 // Widening loads and narrowing stores between the logits dtype T and the compute type A.
@@ -221,7 +221,7 @@ inline const A* load_block(const T* x, int64_t n, A* scratch) {
   if constexpr (std::is_same_v<T, A>) {
     return x;
   } else {
-#if defined(__AVX512F__)
+#if defined(CEAG_SIMD_AVX512)
     if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>) {
       int64_t j = 0;
       for (; j + 16 <= n; j += 16) {
@@ -616,6 +616,16 @@ at::Tensor group_cross_entropy_backward_cpu(const at::Tensor& grad_loss_sum,
 }
 
 }  // namespace
+
+// The hand-written instruction-set path this variant holds (capability.h; asked by
+// torch.ops.ceag.cpu_kernel_paths, so a build that loses it fails a test, not only speed).
+const char* group_cross_entropy_path() {
+#if defined(CEAG_SIMD_AVX512)
+  return "avx512";
+#else
+  return "scalar";
+#endif
+}
 
 void register_group_cross_entropy(torch::Library& m) {
   m.impl("group_cross_entropy", &group_cross_entropy_cpu);

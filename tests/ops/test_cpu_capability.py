@@ -84,3 +84,22 @@ def test_an_unknown_capability_warns_and_uses_the_best(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "is not one of default, avx2, avx512" in proc.stderr
     assert torch.load(tmp_path / "out.pt")[0] == ceag.ops.cpu_capability()
+
+
+def test_each_variant_holds_its_instruction_set_path():
+    """The library says which hand-written paths each variant was built with (nothing runs,
+    so this holds on any CPU). The portable build once compiled its AVX-512 variant without
+    the AVX-512 group cross-entropy (``#pragma GCC target`` does not define __AVX512F__):
+    results were right, the speed was gone, and no test noticed (issue 22)."""
+    ceag.ops.cpu_capability()  # loads the library
+    paths = {level: str(torch.ops.ceag.cpu_kernel_paths(level)) for level in LEVELS}
+    if paths["avx512"] == "not built":  # a native (-march=native) or non-x86 build: one variant
+        assert paths["avx2"] == "not built" and paths["default"].startswith("group_cross_entropy=")
+        return
+    assert paths == {
+        "default": "group_cross_entropy=scalar",
+        "avx2": "group_cross_entropy=scalar",
+        "avx512": "group_cross_entropy=avx512",
+    }
+    with pytest.raises(RuntimeError, match="must be default, avx2 or avx512"):
+        torch.ops.ceag.cpu_kernel_paths("sse9")
