@@ -63,7 +63,7 @@ def _fit(method: str, data, seed: int, **overrides):
     )
     trainer = Trainer(cfg, model, data.train)
     trainer.fit()
-    stats = trainer._evaluate(data.train)
+    stats = trainer.last_eval["train"]  # the final model, evaluated at the end of the last epoch
     return disparity(trainer.dense_stats, stats, EPS, min_count=MIN_COUNT), stats, trainer
 
 

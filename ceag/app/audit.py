@@ -118,9 +118,8 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None) -> RunToAudit
     """
     from ceag.app.experiment import dense_cache_path
 
-    cfg, seed, ckpt = _run_config(Path(run_dir), data_root)
     run_dir = Path(run_dir)
-    data = _run_data(cfg)
+    cfg, seed, ckpt, data = _open_run(run_dir, data_root)
     dense_path = dense_cache_path(cfg, data, seed)
     recorded = _recorded_dense_model(run_dir)
     if recorded:  # the file the run started from, even if the cache key has changed since
@@ -149,8 +148,7 @@ def export_run(run_dir: str | Path, path: str | Path | None = None, *, fmt: str 
     if fmt not in ("state_dict", "torchscript"):
         raise UsageError(f"--format must be state_dict or torchscript, got {fmt!r}")
     run_dir = Path(run_dir)
-    cfg, _, ckpt = _run_config(run_dir, None)
-    data = _run_data(cfg)
+    cfg, _, ckpt, data = _open_run(run_dir, None)
     plain = unsparsify(load_model(ckpt, data, arch=cfg.arch, hidden=cfg.hidden)).eval()
     out = Path(path) if path is not None else run_dir / ("model.pt" if fmt == "state_dict" else "model.ts")
     buf = io.BytesIO()
@@ -163,9 +161,10 @@ def export_run(run_dir: str | Path, path: str | Path | None = None, *, fmt: str 
     return atomic_write(out, buf.getvalue())
 
 
-def _run_config(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path]:
-    """(the experiment's config, placed where the folder is now; the run's seed; its last.ckpt)."""
-    from ceag.app.experiment import ExperimentConfig
+def _open_run(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path, GroupedDataset]:
+    """(the experiment's config, placed where the folder is now; the run's seed; its last.ckpt;
+    the data as the experiment split it)."""
+    from ceag.app.experiment import ExperimentConfig, load_data
     from ceag.train import CheckpointError, load_checkpoint
     from ceag.train.checkpoint import CHECKPOINT_NAME
 
@@ -190,7 +189,7 @@ def _run_config(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path]:
     cfg = dataclasses.replace(cfg, output_root=str(experiment.parent), name=experiment.name, progress=False)
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=data_root)
-    return cfg, seed, ckpt
+    return cfg, seed, ckpt, load_data(cfg)
 
 
 def _recorded_dense_model(run_dir: Path) -> str:
@@ -200,12 +199,6 @@ def _recorded_dense_model(run_dir: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     return name if isinstance(name, str) and "/" not in name and "\\" not in name else ""
-
-
-def _run_data(cfg: Any) -> GroupedDataset:
-    from ceag.app.experiment import load_data
-
-    return load_data(cfg)
 
 
 def _is_torchscript(path: Path) -> bool:

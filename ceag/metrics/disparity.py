@@ -79,8 +79,7 @@ def paired_psi_interval(
     """
     count, lost, gained = (torch.as_tensor(t).cpu().to(torch.float64) for t in (count, lost, gained))
     included = torch.as_tensor(included).cpu().to(torch.bool)
-    m = max(int(included.sum()), 1)
-    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / (2.0 * m))
+    z = _simultaneous_z(included, confidence)
     n_all = count.sum().clamp_min(1)
     safe = count.clamp_min(1)
     delta = (lost - gained) / safe
@@ -103,6 +102,12 @@ def paired_psi_interval(
         torch.where(keep, centre + half, nan),
         torch.where(keep, var_adj, nan),
     )
+
+
+def _simultaneous_z(included: Tensor, confidence: float) -> float:
+    """The normal quantile at 1 − α / (2m), m the included groups: Bonferroni over them."""
+    m = max(int(included.sum()), 1)
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / (2.0 * m))
 
 
 def samples_to_certify(psi: Tensor, var_unit: Tensor, tolerance: float, z: float) -> Tensor:
@@ -359,21 +364,19 @@ def disparity(
 
     ci_d = tuple(masked(t) for t in wilson_interval(dense.correct, dense.count, confidence))
     ci_s = tuple(masked(t) for t in wilson_interval(sparse.correct, sparse.count, confidence))
-    # Simultaneous interval on ψ_g: four Wilson intervals at level 1 - α/4 each.
-    level = 1.0 - (1.0 - confidence) / 4.0
-    bd_lo, bd_hi = wilson_interval(dense.correct, dense.count, level)
-    bs_lo, bs_hi = wilson_interval(sparse.correct, sparse.count, level)
-    tot = lambda s: (s.correct.sum().reshape(1), s.count.sum().reshape(1))  # noqa: E731
-    od_lo, od_hi = wilson_interval(*tot(dense), level)
-    os_lo, os_hi = wilson_interval(*tot(sparse), level)
-    psi_lo = masked((bd_lo - bs_hi) - (od_hi - os_lo))
-    psi_hi = masked((bd_hi - bs_lo) - (od_lo - os_hi))
     to_certify = None
     if lost is not None:
         psi_lo, psi_hi, var_unit = paired_psi_interval(dense.count, lost, gained, included, confidence)
-        m = max(int(included.sum()), 1)
-        z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / (2.0 * m))
-        to_certify = samples_to_certify(psi, var_unit, tolerance, z)
+        to_certify = samples_to_certify(psi, var_unit, tolerance, _simultaneous_z(included, confidence))
+    else:  # the pairing unknown: four Wilson intervals at level 1 - α/4 each
+        level = 1.0 - (1.0 - confidence) / 4.0
+        bd_lo, bd_hi = wilson_interval(dense.correct, dense.count, level)
+        bs_lo, bs_hi = wilson_interval(sparse.correct, sparse.count, level)
+        tot = lambda s: (s.correct.sum().reshape(1), s.count.sum().reshape(1))  # noqa: E731
+        od_lo, od_hi = wilson_interval(*tot(dense), level)
+        os_lo, os_hi = wilson_interval(*tot(sparse), level)
+        psi_lo = masked((bd_lo - bs_hi) - (od_hi - os_lo))
+        psi_hi = masked((bd_hi - bs_lo) - (od_lo - os_hi))
 
     status = []
     for inc, lo, hi in zip(included.tolist(), psi_lo.tolist(), psi_hi.tolist()):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ceag._io import LOCK_NAME, check_output_dir, lock, remove_temp_files
 from ceag._progress import progress
 from ceag.methods import METHODS, ConstrainedMethod, Method, build_method
-from ceag.metrics import DisparityReport, GroupStats, Outcomes, disparity, evaluate, evaluate_samples, paired_counts
+from ceag.metrics import DisparityReport, GroupStats, Outcomes, disparity, evaluate_samples, paired_counts
 from ceag.nn import CompactLinear
 from ceag.prune import GMPSchedule, apply_masks_, compact_, prunable_layers, sparsify, sparsity_report
 from ceag.train.batching import batches, epoch_permutation
@@ -165,7 +165,6 @@ class Trainer:
         self.timings: dict[str, dict[str, float]] = {}
         # split -> the latest epoch's evaluation in this process (not checkpointed), so a
         # caller reporting on the final model need not evaluate it again.
-        self.last_eval: dict[str, GroupStats] = {}
         self._last_outcomes: dict[str, Outcomes] = {}
 
     # -- paths -----------------------------------------------------------------------------
@@ -202,23 +201,23 @@ class Trainer:
             return self._batches(dataset, None, self.config.eval_batch_size, split=False)
         return dataset  # any iterable of (inputs, target, group) batches
 
-    def _evaluate(self, dataset: Any) -> GroupStats:
-        return evaluate(self.model, self._eval_batches(dataset), self.config.num_groups, device=self.device)
+    #: split -> the attribute holding the dense model's statistics on it.
+    _DENSE_STATS = {"train": "dense_stats", "test": "dense_test_stats", "val": "dense_val_stats"}
 
     def _splits(self) -> dict[str, tuple[Any, GroupStats | None]]:
         """name -> (dataset, the dense model's statistics on it) for every split held."""
-        out = {"train": (self.train_set, self.dense_stats)}
-        if self.test_set is not None:
-            out["test"] = (self.test_set, self.dense_test_stats)
-        if self.val_set is not None:
-            out["val"] = (self.val_set, self.dense_val_stats)
-        return out
+        data = {"train": self.train_set, "test": self.test_set, "val": self.val_set}
+        return {name: (data[name], getattr(self, attr)) for name, attr in self._DENSE_STATS.items() if data[name] is not None}
+
+    @property
+    def last_eval(self) -> dict[str, GroupStats]:
+        """split -> statistics of the latest epoch's evaluation in this process."""
+        return {name: out.stats for name, out in self._last_outcomes.items()}
 
     def _evaluate_split(self, name: str) -> Outcomes:
-        out = evaluate_samples(
-            self.model, self._eval_batches(self._splits()[name][0]), self.config.num_groups, device=self.device
-        )
-        self.last_eval[name], self._last_outcomes[name] = out.stats, out
+        dataset = self._splits()[name][0]
+        out = evaluate_samples(self.model, self._eval_batches(dataset), self.config.num_groups, device=self.device)
+        self._last_outcomes[name] = out
         return out
 
     def report(self, split: str = "test") -> DisparityReport:
@@ -261,14 +260,13 @@ class Trainer:
 
     def _compute_dense_stats(self) -> None:
         """The dense model's statistics (and per-sample results) on every split, before pruning."""
-        for name, attr in (("train", "dense_stats"), ("test", "dense_test_stats"), ("val", "dense_val_stats")):
-            dataset = {"train": self.train_set, "test": self.test_set, "val": self.val_set}[name]
-            if dataset is None or getattr(self, attr) is not None:
+        for name, (dataset, known) in self._splits().items():
+            if known is not None:
                 continue
             out = evaluate_samples(self.model, self._eval_batches(dataset), self.config.num_groups, device=self.device)
             if name != "test" and out.stats.total == 0:
                 raise ValueError(f"the {name} split yielded no samples")
-            setattr(self, attr, out.stats)
+            setattr(self, self._DENSE_STATS[name], out.stats)
             self.dense_outcomes[name] = out
         self.method = self._build_method()
 
@@ -416,7 +414,7 @@ class Trainer:
         if isinstance(self.method, ConstrainedMethod) and not dense:
             row["multipliers"] = lam.tolist()  # [G] trajectories for plots; JSON only, not CSV
         wanted = {"train": c.eval_train, "test": c.eval_test, "val": True}
-        self.last_eval, self._last_outcomes = {}, {}
+        self._last_outcomes = {}
         for name, (_, ref) in self._splits().items():
             if not wanted[name]:
                 continue
@@ -552,11 +550,10 @@ class Trainer:
         if state.get("dense_val_stats") is not None:
             self.dense_val_stats = GroupStats.from_state_dict(state["dense_val_stats"])
         # Checkpoints from before per-sample results were kept have none: reports are unpaired.
-        refs = {"train": self.dense_stats, "test": self.dense_test_stats, "val": self.dense_val_stats}
         self.dense_outcomes = {
-            k: Outcomes(refs[k], v["correct"].bool(), v["group"].long())
+            k: Outcomes(getattr(self, self._DENSE_STATS[k]), v["correct"].bool(), v["group"].long())
             for k, v in (state.get("dense_outcomes") or {}).items()
-            if refs.get(k) is not None
+            if getattr(self, self._DENSE_STATS.get(k, ""), None) is not None
         }
         if (self.val_set is not None) != (self.dense_val_stats is not None) and state["method"] is not None:
             raise ValueError(

@@ -77,8 +77,9 @@ def _audit(args: argparse.Namespace) -> int:
         return _audit_run(args)
     if args.dense is None or args.sparse is None:
         raise UsageError("audit: give a run folder (ceag audit RUN_DIR), or both --dense FILE and --sparse FILE")
-    args.tolerance = 0.01 if args.tolerance is None else args.tolerance
-    args.min_count = 30 if args.min_count is None else args.min_count
+    defaults = ExperimentConfig(methods=("nft",))  # ε and min count of an experiment
+    args.tolerance = defaults.tolerance if args.tolerance is None else args.tolerance
+    args.min_count = defaults.min_count if args.min_count is None else args.min_count
     try:
         dataset, options = data_options(args)
         cfg = ExperimentConfig(

@@ -63,7 +63,12 @@ def dense_cache_path(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed:
 
 
 def dense_model(
-    cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int, *, log: Callable[[str], None] = print
+    cfg: ExperimentConfig,
+    data: datasets.GroupedDataset,
+    seed: int,
+    *,
+    log: Callable[[str], None] = print,
+    cache: Path | None = None,
 ) -> nn.Module:
     """The seed's trained dense model, from ``output_root/.dense-cache`` or trained now.
 
@@ -71,9 +76,10 @@ def dense_model(
     training split, batches of ``batch_size`` in the order :func:`ceag.train.epoch_permutation`
     gives, so the same key always yields the same model. A NaN / Inf loss or gradient raises
     :class:`ceag.train.NonFiniteError` (nothing cached) or skips the step, by
-    ``cfg.on_nonfinite``.
+    ``cfg.on_nonfinite``. ``cache``: the entry's path if the caller has it already
+    (:func:`dense_cache_path` hashes your table or image folder).
     """
-    cache = dense_cache_path(cfg, data, seed)
+    cache = cache if cache is not None else dense_cache_path(cfg, data, seed)  # given: not hashed again
     rank, world = rank_and_world()
     if rank != 0:  # data parallel: rank 0 trains (or loads) and caches it; the others read it
         barrier()

@@ -114,10 +114,13 @@ def run_one(
     *,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
+    dense_file: str = "",
 ) -> RunResult:
     """Fine-tune a copy of ``dense`` with ``method`` to ``sparsity`` (resumes; cached).
 
     ``on_epoch_end(trainer, row)``: called after every epoch (:attr:`ceag.train.Trainer.on_epoch_end`).
+    ``dense_file``: the dense model's file name in the dense cache, recorded in metrics.json
+    for ``ceag audit RUN_DIR``.
     """
     import copy
 
@@ -143,7 +146,7 @@ def run_one(
         history=trainer.history,
         seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
         measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
-        dense_model=dense_cache_path(cfg, data, seed).name,
+        dense_model=dense_file,
     )
     if trainer.is_main:
         atomic_write(metrics, json.dumps(json_ready(result.to_dict()), allow_nan=False).encode())
@@ -325,7 +328,9 @@ def _run_experiment(
                 )
                 done = r is not None
                 if dense is None and not done:
-                    dense = dense_model(cfg, data, seed, log=log)
+                    # The key hashes your table or image folder: once per seed.
+                    dense_path = dense_cache_path(cfg, data, seed)
+                    dense = dense_model(cfg, data, seed, log=log, cache=dense_path)
                 start = time.perf_counter()
                 if r is None:
                     r = run_one(
@@ -337,6 +342,7 @@ def _run_experiment(
                         seed,  # type: ignore[arg-type]
                         log=log,
                         on_epoch_end=on_epoch_end,
+                        dense_file=dense_path.name,
                     )
                 runs.append(r)
                 log(
