@@ -49,8 +49,36 @@ __all__ = ["RunToAudit", "audit", "export_run", "load_model", "load_run", "write
 
 
 def load_model(path: str | Path, data: GroupedDataset, *, arch: str = "auto", hidden: Sequence[int] = (512, 512)) -> nn.Module:
-    """The model in ``path`` (TorchScript, ceag checkpoint or state_dict; see the module docstring)."""
-    path = Path(path)
+    """The model in ``path`` (TorchScript, ceag checkpoint or state_dict; see the module
+    docstring), checked to take the data's inputs and give one output per class."""
+    model = _read_model(Path(path), data, arch, hidden)
+    _check_fits(model, data, Path(path))
+    return model
+
+
+def _check_fits(model: nn.Module, data: GroupedDataset, path: Path) -> None:
+    """Refuse a model that cannot judge ``data``: one that fails on its inputs, or whose
+    outputs are not [N, num_classes] (a 5-output model on a 2-class table would be scored)."""
+    split = data.train if len(data.train) else data.test
+    x = split.tensors[0][:2]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as err:  # noqa: BLE001 - a TorchScript model raises anything
+        first = str(err).strip().splitlines()
+        raise UsageError(
+            f"model file {path} does not take this data's inputs (shape {tuple(x.shape[1:])} per sample): "
+            f"{first[-1] if first else type(err).__name__}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
+        got = f"outputs of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise UsageError(
+            f"model file {path} gives {got} for {len(x)} samples; the data has {data.num_classes} classes "
+            f"({', '.join(data.class_names[:5])}{', ...' if data.num_classes > 5 else ''}): one output per class is needed"
+        )
+
+
+def _read_model(path: Path, data: GroupedDataset, arch: str, hidden: Sequence[int]) -> nn.Module:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     with path.open("rb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -41,6 +42,11 @@ class CEAG(ConstrainedMethod):
             margin) ε (default 1: ψ̂_g ≤ 0; 0: the paper's ψ̂_g ≤ ε). Dual ascent settles the active groups *at*
             its target, and their final ψ_g scatters around it, so a target of ε leaves about
             half of them above ε (docs/method.md).
+        margin_se: κ >= 0, a size-aware slack: group g's target is raised by κ · se_g, with
+            se_g = √(A_g(θ_d)(1 − A_g(θ_d)) / n_g) the standard error of its dense accuracy on
+            its n_g training samples, so the dual stops chasing what the group's size cannot
+            resolve (default 0: one target for every group; measured, not the default:
+            docs/method.md, section 5).
         Other keywords: see :class:`ConstrainedMethod`.
 
     Dual violation with buffers: Â_g = buffer mean, available when the buffer is full and
@@ -63,6 +69,7 @@ class CEAG(ConstrainedMethod):
         primal: str = "positive",
         multiplier_scale: str = "absolute",
         margin: float = 1.0,
+        margin_se: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if primal not in PRIMALS:
@@ -75,6 +82,10 @@ class CEAG(ConstrainedMethod):
         if not 0.0 <= margin <= 1.0:
             raise ValueError(f"margin must be in [0, 1], got {margin}")
         self.margin = margin
+        margin_se = _to_float("margin_se", margin_se)
+        if not (math.isfinite(margin_se) and margin_se >= 0):
+            raise ValueError(f"margin_se must be a finite number >= 0, got {margin_se}")
+        self.margin_se = margin_se
         if not isinstance(dense, GroupStats):
             raise TypeError(f"dense must be a ceag.metrics.GroupStats, got {type(dense).__name__}")
         if dense.num_groups != num_groups:
@@ -87,7 +98,8 @@ class CEAG(ConstrainedMethod):
 
     @property
     def dual_target(self) -> float:
-        """The bound the dual step enforces on ψ̂_g: (1 − margin) ε."""
+        """The bound the dual step enforces on ψ̂_g: (1 − margin) ε (plus κ · se_g per group
+        with ``margin_se``)."""
         return (1.0 - self.margin) * self.tolerance
 
     def _move_constants(self, device: torch.device) -> None:
@@ -97,6 +109,8 @@ class CEAG(ConstrainedMethod):
         self._dense_loss = torch.nan_to_num(d.loss, nan=0.0).to(device)
         self._dense_overall_loss = torch.tensor(d.overall_loss, dtype=torch.float64).to(device)
         self._shares = d.shares.to(device)
+        se = torch.sqrt(self._dense_acc * (1 - self._dense_acc) / d.count.clamp_min(1).to(self._dense_acc.dtype))
+        self._targets = (self.dual_target + self.margin_se * se).to(device)
 
     def _buffer_values(self, out, logits, target):
         return out.sample_correct
@@ -114,7 +128,7 @@ class CEAG(ConstrainedMethod):
         return BufferEstimate(acc, available, overall, torch.where(available, psi, torch.nan))
 
     def _buffer_violation(self, est):
-        return est.constraint - self.dual_target
+        return est.constraint - self._targets
 
     def _batch_violation(self, out):
         stats = self._all_reduce(torch.stack([out.correct.to(torch.float64), out.count.to(torch.float64)]))
@@ -125,7 +139,7 @@ class CEAG(ConstrainedMethod):
         overall = correct.sum() / n
         dense_overall = (count * self._dense_acc).sum() / n
         psi = (self._dense_acc - acc) - (dense_overall - overall)
-        return psi - self.dual_target, observed
+        return psi - self._targets, observed
 
     def _primal_coefficients(self, out, lam):
         if self.multiplier_scale == "absolute":

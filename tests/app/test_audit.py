@@ -98,6 +98,23 @@ def test_bad_model_files_are_named(trained, tmp_path, capsys):
     assert exc.value.code == 2 and "does not fit --arch auto --hidden 64" in err and "Traceback" not in err
 
 
+def test_models_that_do_not_fit_the_data_are_refused(tmp_path):
+    """A model with the wrong number of outputs was audited as if it fit (issue 24, bad 4); a
+    TorchScript model with the wrong input width gave a traceback."""
+    from torch import nn
+
+    data = _data()
+    width, classes = data.input_shape[0], data.num_classes
+    torch.jit.script(nn.Sequential(nn.Linear(width, 5))).save(str(tmp_path / "five.ts"))
+    with pytest.raises(UsageError, match=rf"five.ts gives outputs of shape \(2, 5\) for 2 samples; the data has {classes} classes"):
+        load_model(tmp_path / "five.ts", data)
+    torch.jit.script(nn.Sequential(nn.Linear(width + 3, classes))).save(str(tmp_path / "wide.ts"))
+    with pytest.raises(UsageError, match=rf"wide.ts does not take this data's inputs \(shape \({width},\) per sample\)"):
+        load_model(tmp_path / "wide.ts", data)
+    torch.jit.script(nn.Sequential(nn.Linear(width, classes))).save(str(tmp_path / "ok.ts"))
+    assert isinstance(load_model(tmp_path / "ok.ts", data), torch.jit.ScriptModule)
+
+
 def test_audit_of_a_run_folder_needs_no_flags(trained, tmp_path, capsys):
     """`ceag audit RUN_DIR` finds the split, the dense model and ε / min count from the run,
     and gives the run's own paired intervals and verdicts."""

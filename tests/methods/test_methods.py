@@ -562,6 +562,26 @@ def test_margin_moves_the_dual_target(margin):
             CEAG(G, dense, margin=bad)
 
 
+def test_margin_se_raises_each_groups_target_by_its_standard_error():
+    """margin_se κ: group g's target is (1 − margin) ε + κ √(A_g(1 − A_g) / n_g), A_g and n_g
+    the dense model's; a small group gets more slack than a large one of the same accuracy."""
+    dense = _dense()
+    eps, kappa = 0.04, 1.5
+    method = CEAG(G, dense, tolerance=eps, buffer_size=None, dual_lr=0.1, margin=0.5, margin_se=kappa)
+    logits, target, group = _batch()
+    out = method.step(logits, target, group)
+    psi, present = _psi_hat_batch(dense, logits, target, group)
+    acc = dense.correct.double() / dense.count.double()
+    se = torch.sqrt(acc * (1 - acc) / dense.count.double())
+    torch.testing.assert_close(out.violation[present], (psi - 0.5 * eps - kappa * se)[present])
+    small = GroupStats(count=torch.tensor([10, 1000]), correct=torch.tensor([8, 800]), loss_sum=torch.zeros(2, dtype=torch.float64))
+    slack = CEAG(2, small, tolerance=eps, margin_se=1.0)._targets - (1 - 1.0) * eps
+    assert float(slack[0]) == pytest.approx(0.4 / 10**0.5) and float(slack[1]) == pytest.approx(0.4 / 1000**0.5)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="margin_se"):
+            CEAG(G, dense, margin_se=bad)
+
+
 @pytest.mark.parametrize("dual_optimizer", ["sgd", "nupi"])
 def test_dual_decay_bounds_a_multiplier_at_violation_over_decay(dual_optimizer):
     """A constraint that cannot be met (group 0 always wrong, ψ_0 = 0.5): λ_0 grows without

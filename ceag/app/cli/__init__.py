@@ -159,6 +159,8 @@ def _print_audit(args: argparse.Namespace, data, sparse, reports, folder) -> Non
 
     written = audit_mod.write_audit(reports, data.group_names, folder, plots=not args.no_plots)
     print(f"{data.name}: {data.num_groups} groups; sparse model {audit_mod.sparsity_of(sparse):.1%} sparse (masked layers)")
+    for note in data.notes:
+        print(note)
     for split, r in reports.items():
         print()
         print(audit_mod._summary_line(split, r))

@@ -98,6 +98,9 @@ class GroupedDataset:
     description: str
     #: Samples held out of the training split (:func:`hold_out`), or None.
     val: TensorDataset | None = None
+    #: What the loader decided for the user that they should read (a column left out, ...):
+    #: one line each, printed by the commands that load the data.
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_classes < 1 or self.num_groups < 1:

@@ -14,7 +14,7 @@
   special column ``class`` makes the class the group (as CIFAR-100 in the paper). Every
   image needs a row, and every row an image: either mismatch is an error naming a file.
 - **Pixels.** Images are read with Pillow, converted to RGB (or to greyscale when all are
-  greyscale), resized to ``image_size`` (default: the first image's size), scaled to [0, 1]
+  greyscale; 16-bit greyscale keeps its depth, scaled by 65535), resized to ``image_size`` (default: the first image's size), scaled to [0, 1]
   and standardised per channel with the training images' mean and std.
 - **Split.** ``test`` (a second folder with the same classes, its files in the same CSV),
   or ``test_fraction`` of every group drawn with ``seed``.
@@ -57,30 +57,58 @@ def _files(root: Path, what: str) -> tuple[list[str], list[str]]:
     ]
     if not files:
         raise UsageError(f"{what} {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    empty = [c for c in classes if not any(f.startswith(f"{c}/") for f in files)]
+    if empty and what == "image folder":  # a class without images could never be learned
+        raise UsageError(f"{what} {root}: class folder {empty[0]!r} holds no images; remove it or add images")
     return files, classes
 
 
-def _pixels(
-    root: Path, files: Sequence[str], size: tuple[int, int] | None, grey: bool | None
-) -> tuple[np.ndarray, tuple[int, int], bool]:
+#: Pillow modes of greyscale images; the wide ones hold more than 8 bits per pixel.
+_GREY_MODES = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+_WIDE_GREY = {"I": 65535.0, "I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "F": 1.0}
+
+
+def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"image {path} is too large to read safely ({err}); shrink it first") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f"image {path} cannot be read: {err}") from None
+
+
+def _all_grey(roots_and_files: Sequence[tuple[Path, Sequence[str]]]) -> bool:
+    """True when every image is greyscale (one colour image makes them all RGB)."""
+    for root, files in roots_and_files:
+        for f in files:
+            with _open(root / f) as im:  # the header only: Pillow reads pixels lazily
+                if im.mode not in _GREY_MODES:
+                    return False
+    return True
+
+
+def _to_array(im, grey: bool, size: tuple[int, int]) -> np.ndarray:
+    """[0, 1] pixels, (H, W) grey or (H, W, 3) RGB; 16-bit grey keeps its depth (not clipped at 255)."""
+    peak = _WIDE_GREY.get(im.mode) if grey else None
+    im = im.convert("F" if peak else "L" if grey else "RGB")
+    if (im.height, im.width) != size:
+        im = im.resize((size[1], size[0]))
+    return np.asarray(im, dtype=np.float32) / (peak or 255.0)
+
+
+def _pixels(root: Path, files: Sequence[str], size: tuple[int, int] | None, grey: bool) -> tuple[np.ndarray, tuple[int, int]]:
     out = []
     for f in files:
-        try:
-            with Image.open(root / f) as im:
-                if grey is None:
-                    grey = im.mode in ("L", "1", "I;16")
-                im = im.convert("L" if grey else "RGB")
-                if size is None:
-                    size = (im.height, im.width)
-                if (im.height, im.width) != size:
-                    im = im.resize((size[1], size[0]))
-                a = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as err:
-            raise UsageError(f"image {root / f} cannot be read: {err}") from None
+        with _open(root / f) as im:
+            size = size or (im.height, im.width)
+            try:
+                a = _to_array(im, grey, size)
+            except (OSError, ValueError) as err:
+                raise UsageError(f"image {root / f} cannot be read: {err}") from None
         out.append(a[None] if grey else a.transpose(2, 0, 1))
-    return np.stack(out), size, grey  # type: ignore[return-value]
+    return np.stack(out), size  # type: ignore[return-value]
 
 
 def load_images(
@@ -152,7 +180,8 @@ def load_images(
     cid = {c: i for i, c in enumerate(classes)}
 
     size = tuple(int(s) for s in image_size) if image_size is not None else None
-    x_train, size, grey = _pixels(root, train_files, size, None)
+    grey = _all_grey([(root, train_files), (test_root, test_files)])
+    x_train, size = _pixels(root, train_files, size, grey)
     x_test = _pixels(test_root, test_files, size, grey)[0] if test_files else np.zeros((0, *x_train.shape[1:]), np.float32)
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = np.maximum(x_train.std(axis=(0, 2, 3), keepdims=True), 1e-6)

@@ -14,7 +14,9 @@
   encoded and numeric ones standardised by scikit-learn's ``ColumnTransformer``, fitted on
   the training rows only; a category seen only in test encodes as all zeros. Missing
   feature values are refused, naming the column (``impute="refuse"``), or imputed from the
-  training rows (``"mean"``: numeric mean, categorical most frequent).
+  training rows (``"mean"``: numeric mean, categorical most frequent). When ``features`` is
+  not given, text columns with a distinct value in most rows (identifiers) are left out, and
+  the data set's description names them; named in ``features`` they are refused.
 - **Label.** Classification: the label's distinct values are the classes (sorted). A label
   with one class, missing labels, or non-integer numbers (a regression target) are refused.
 
@@ -39,7 +41,7 @@ from torch.utils.data import TensorDataset
 from ceag.app.data.core import GroupedDataset, sha256_file
 from ceag.errors import UsageError
 
-__all__ = ["MAX_TABLE_GROUPS", "GroupColumn", "load_table", "parse_group_columns"]
+__all__ = ["MAX_ENCODED_COLUMNS", "MAX_TABLE_GROUPS", "GroupColumn", "load_table", "parse_group_columns"]
 
 #: More intersectional groups than this is refused (a typo such as an id column as a group).
 MAX_TABLE_GROUPS = 100_000
@@ -170,13 +172,58 @@ def _labels(train, test, label: str, where: tuple[str, str]) -> tuple[np.ndarray
         classes = sorted(set(both.tolist()))
         names = tuple(f"{c:g}" if isinstance(c, float) else str(c) for c in classes)
     else:
-        classes = sorted(set(both.astype(str).tolist()))
+        # Stripped, as group values are: 'yes' and 'yes ' are one class.
+        classes = sorted(set(both.astype(str).str.strip().tolist()))
         names = tuple(classes)
-        train, test = train.assign(**{label: train[label].astype(str)}), test.assign(**{label: test[label].astype(str)})
+        train, test = (df.assign(**{label: df[label].astype(str).str.strip()}) for df in (train, test))
     if len(classes) < 2:
         raise UsageError(f"label column {label!r} has one class ({names[0]!r}): nothing to classify")
     index = {c: i for i, c in enumerate(classes)}
     return (np.array([index[v] for v in train[label].tolist()]), np.array([index[v] for v in test[label].tolist()]), names)
+
+
+#: A text column with more distinct values than this share of the rows (and at least
+#: ``_MIN_ID_LEVELS``) looks like an identifier: one-hot would give a column per row.
+_ID_SHARE = 0.5
+_MIN_ID_LEVELS = 50
+#: One-hot columns a table may grow to; past it the widest text columns are named.
+MAX_ENCODED_COLUMNS = 20_000
+
+
+def _without_identifiers(df, feats: list[str], *, chosen: bool, where: str) -> tuple[list[str], dict[str, int]]:
+    """``feats`` less the text columns that look like identifiers, and those dropped (name ->
+    distinct values). Columns the user chose with ``features`` are refused instead of dropped;
+    a one-hot width over :data:`MAX_ENCODED_COLUMNS` is refused naming the widest columns."""
+    import pandas as pd
+
+    levels = {
+        f: int(df[f].nunique())
+        for f in feats
+        if not (pd.api.types.is_numeric_dtype(df[f]) and not pd.api.types.is_bool_dtype(df[f]))
+    }
+    ids = {f: n for f, n in levels.items() if n >= max(_MIN_ID_LEVELS, _ID_SHARE * len(df))}
+    if ids and chosen:
+        name, n = next(iter(ids.items()))
+        raise UsageError(
+            f"feature column {name!r} has {n} distinct values in {len(df)} rows of {where}: an identifier? "
+            "One-hot encoding would give it a column per row; leave it out of --features"
+        )
+    kept = [f for f in feats if f not in ids]
+    width = sum(n for f, n in levels.items() if f not in ids)
+    if width > MAX_ENCODED_COLUMNS:
+        widest = sorted(((n, f) for f, n in levels.items() if f not in ids), reverse=True)[:3]
+        raise UsageError(
+            f"the text feature columns of {where} would one-hot encode to {width} columns (more than "
+            f"{MAX_ENCODED_COLUMNS}); the widest: {', '.join(f'{f!r} ({n} values)' for n, f in widest)}. "
+            "Leave them out with --features, or bin them"
+        )
+    return kept, ids
+
+
+def _dropped_text(dropped: dict[str, int]) -> str:
+    return "left out as identifiers (a distinct value in most rows): " + ", ".join(
+        f"{name!r} ({n} values)" for name, n in dropped.items()
+    )
 
 
 def _encoder(train, features: Sequence[str], impute: str):
@@ -240,6 +287,9 @@ def load_table(
         raise UsageError(f"the label column {label!r} cannot be a feature")
     if not feats:
         raise UsageError("no feature columns: the table holds only the label")
+    feats, dropped = _without_identifiers(train_df, feats, chosen=features is not None, where=f"data file {path}")
+    if not feats:
+        raise UsageError(f"no feature columns left: {_dropped_text(dropped)}")
 
     if test_df is None:
         names = _group_values(train_df, columns, missing_groups, f"data file {path}")
@@ -295,6 +345,7 @@ def load_table(
             f"{Path(path).name}: label {label!r}, groups {'/'.join(str(c) for c in columns)}, "
             f"{len(feats)} feature columns ({len(categorical)} one-hot), {len(train_df)} train and {len(test_df)} test rows"
         ),
+        notes=(f"data file {Path(path).name}: {_dropped_text(dropped)}",) if dropped else (),
     )
 
 

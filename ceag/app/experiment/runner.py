@@ -304,6 +304,8 @@ def _run_experiment(
         + f", {data.num_groups} groups; "
         f"{len(grid)} runs -> {out}"
     )
+    for note in data.notes:
+        log(note)
     counts = torch.bincount(data.train.tensors[2], minlength=data.num_groups)
     small = int(((counts > 0) & (counts < cfg.min_count)).sum())
     if small:

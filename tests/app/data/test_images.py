@@ -157,3 +157,40 @@ def test_fashion_mnist_written_out_as_files(tmp_path):
     pixels = raw.float() / 255
     want = (pixels - pixels.mean()) / pixels.std(unbiased=False)
     assert torch.allclose(got.train.tensors[0][:, 0], want, atol=1e-4)
+
+
+def test_one_grey_image_does_not_turn_the_colour_ones_grey(folder):
+    """Greyscale only when every image is (issue 24, bad 5): a grey first file once made all grey."""
+    root, attrs = folder
+    first = sorted((root / "blue").iterdir())[0]
+    Image.fromarray(np.full((8, 8), 90, np.uint8), mode="L").save(first)
+    ds = load_images(root, attrs, "tone", test_fraction=0.25)
+    assert ds.input_shape == (3, 8, 8)
+    y = ds.train.tensors[1]
+    assert ds.train.tensors[0][y == 1, 0].mean() > ds.train.tensors[0][y == 0, 0].mean()  # red still red
+
+
+def test_sixteen_bit_grey_keeps_its_depth(tmp_path):
+    """16-bit PNGs are scaled by 65535, not clipped at 255 (issue 24, bad 6): two classes that
+    differ only above 8 bits stay apart."""
+    root = tmp_path / "deep"
+    for c, level in (("dim", 20_000), ("bright", 50_000)):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((6, 6), level + 100 * i, np.uint16)).save(root / c / f"{i}.png")
+    pd.DataFrame({"file": [f"{c}/{i}.png" for c in ("dim", "bright") for i in range(4)]}).to_csv(tmp_path / "a.csv", index=False)
+    ds = load_images(root, tmp_path / "a.csv", "class", test_fraction=0.25)
+    x, y = ds.train.tensors[0], ds.train.tensors[1]
+    assert ds.input_shape == (1, 6, 6)
+    assert float(x[y == ds.class_names.index("bright")].mean()) > float(x[y == ds.class_names.index("dim")].mean()) + 1
+
+
+def test_empty_class_folder_and_decompression_bomb_are_named(folder, monkeypatch):
+    root, attrs = folder
+    (root / "zebra").mkdir()
+    with pytest.raises(UsageError, match="class folder 'zebra' holds no images"):
+        load_images(root, attrs, "tone")
+    (root / "zebra").rmdir()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # every 8x8 image is now a "bomb"
+    with pytest.raises(UsageError, match="too large to read safely"):
+        load_images(root, attrs, "tone")

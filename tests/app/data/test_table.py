@@ -193,3 +193,45 @@ def test_cli_runs_your_table(tmp_path, table, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--data", str(table), "--label", "approved", "--output", str(tmp_path / "x")])
     assert "--data needs --label" in capsys.readouterr().err
+
+
+def test_label_values_are_stripped(tmp_path):
+    """'no', 'no ', 'yes', 'yes ' are two classes, as group values are stripped (issue 24, bad 7)."""
+    df = _frame()
+    df["approved"] = [v + (" " if i % 3 == 0 else "") for i, v in enumerate(df["approved"])]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    ds = load_table(tmp_path / "t.csv", "approved", "race,sex")
+    assert ds.class_names == ("no", "yes")
+    clean = load_table_frame(tmp_path, _frame())
+    assert torch.equal(ds.train.tensors[1], clean.train.tensors[1])
+
+
+def load_table_frame(tmp_path, df, name="clean.csv", **kwargs):
+    df.to_csv(tmp_path / name, index=False)
+    return load_table(tmp_path / name, kwargs.pop("label", "approved"), kwargs.pop("groups", "race,sex"), **kwargs)
+
+
+def test_identifier_columns_are_left_out_or_refused(tmp_path):
+    """A unique string ID would one-hot to a column per row (N² memory): left out with a note
+    naming it by default, refused when named in --features (issue 24, bad 8)."""
+    df = _frame(2000)
+    df.insert(0, "applicant", [f"A{i:05d}" for i in range(len(df))])
+    ds = load_table_frame(tmp_path, df)
+    plain = load_table_frame(tmp_path, _frame(2000), name="plain.csv")
+    assert ds.input_shape == plain.input_shape  # the id is not a feature
+    assert len(ds.notes) == 1 and "'applicant'" in ds.notes[0] and "identifiers" in ds.notes[0]
+    assert plain.notes == ()
+    with pytest.raises(UsageError, match="feature column 'applicant' has 2000 distinct values in 2000 rows.*identifier"):
+        load_table_frame(tmp_path, df, features=["applicant", "hours"])
+    # Many levels but not one per row: kept unless the one-hot width passes the cap.
+    df = _frame(2000).assign(city=[f"c{i % 300}" for i in range(2000)])
+    assert load_table_frame(tmp_path, df).input_shape[0] == plain.input_shape[0] + 300
+    import ceag.app.data.table as table_mod
+
+    cap = table_mod.MAX_ENCODED_COLUMNS
+    try:
+        table_mod.MAX_ENCODED_COLUMNS = 100
+        with pytest.raises(UsageError, match=r"one-hot encode to 3\d\d columns.*'city' \(300 values\)"):
+            load_table_frame(tmp_path, df)
+    finally:
+        table_mod.MAX_ENCODED_COLUMNS = cap
