@@ -78,6 +78,18 @@ def _check_fits(model: nn.Module, data: GroupedDataset, path: Path) -> None:
         )
 
 
+def _check_features(recorded: Any, data: GroupedDataset, path: Path) -> None:
+    """A dense-cache entry records the encoded columns it was trained on: refuse others (the
+    same table with two columns swapped once scored 49% instead of 99%, silently)."""
+    from ceag.app.experiment.data_record import first_difference
+
+    if isinstance(recorded, list) and data.feature_names and recorded != list(data.feature_names):
+        raise UsageError(
+            f"model file {path} was trained on other encoded columns than this data's "
+            f"({first_difference(recorded, list(data.feature_names))}): check the table and --features"
+        )
+
+
 def _read_model(path: Path, data: GroupedDataset, arch: str, hidden: Sequence[int]) -> nn.Module:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
@@ -87,9 +99,11 @@ def _read_model(path: Path, data: GroupedDataset, arch: str, hidden: Sequence[in
         from ceag.train import CheckpointError, load_checkpoint
 
         try:
-            state = load_checkpoint(path).get("model")
+            saved = load_checkpoint(path)
         except CheckpointError as err:
             raise UsageError(str(err)) from None
+        state = saved.get("model")
+        _check_features(saved.get("features"), data, path)
     else:
         if _is_torchscript(path):
             with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still ship it
@@ -193,6 +207,7 @@ def _open_run(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path, Gro
     """(the experiment's config, placed where the folder is now; the run's seed; its last.ckpt;
     the data as the experiment split it)."""
     from ceag.app.experiment import ExperimentConfig, load_data
+    from ceag.app.experiment.data_record import check_data_record
     from ceag.train import CheckpointError, load_checkpoint
     from ceag.train.checkpoint import CHECKPOINT_NAME
 
@@ -217,7 +232,14 @@ def _open_run(run_dir: Path, data_root: str | None) -> tuple[Any, int, Path, Gro
     cfg = dataclasses.replace(cfg, output_root=str(experiment.parent), name=experiment.name, progress=False)
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=data_root)
-    return cfg, seed, ckpt, load_data(cfg)
+    data = load_data(cfg)
+    check_data_record(
+        data,
+        experiment,
+        what="Auditing would judge its models on data they were not trained on; to do so anyway, "
+        "give --dense FILE --sparse FILE and the data flags",
+    )
+    return cfg, seed, ckpt, data
 
 
 def _recorded_dense_model(run_dir: Path) -> str:

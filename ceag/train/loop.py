@@ -563,22 +563,68 @@ class Trainer:
             )
         if state["method"] is not None:
             self.method = self._build_method()
-            self.method.load_state_dict(state["method"])
         self.history = [dict(r) for r in state["history"]]
         self.epoch, self.batch, self.global_step = int(state["epoch"]), int(state["batch"]), int(state["global_step"])
-        self._accum = dict(state["accum"])
-        set_rng_state(state["rng"])
+        own = self._own_rank_state(state)
+        if own["method"] is not None:
+            self.method.load_state_dict(own["method"])
+        self._accum = dict(own["accum"])
+        set_rng_state(own["rng"])
+
+    def _own_rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This process's part of a checkpoint: its entry of ``"ranks"`` when several wrote it."""
+        ranks = state.get("ranks")
+        if ranks is None:
+            if self.world_size > 1 and state["method"] is not None and state["method"].get("buffer") is not None:
+                raise ValueError(
+                    "cannot resume: the checkpoint holds one process's replay buffers (written by one process, or by "
+                    f"an older ceag), and each of the {self.world_size} processes keeps its own; "
+                    "resume it with one process, or start the run again"
+                )
+            return {"method": state["method"], "accum": state["accum"], "rng": state["rng"]}
+        if len(ranks) != self.world_size:
+            raise ValueError(
+                f"cannot resume: the checkpoint was written by {len(ranks)} processes, this job has {self.world_size}; "
+                f"resume it with --nproc_per_node {len(ranks)}"
+            )
+        return ranks[self.rank]
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between the processes of a data-parallel run: each rank's replay
+        buffers (filled from its own slice of every batch), epoch sums and random state."""
+        return {
+            "method": self.method.state_dict() if self.method is not None else None,
+            "accum": dict(self._accum),
+            "rng": rng_state(),
+        }
+
+    def _checkpoint_state(self) -> dict[str, Any] | None:
+        """The state to save, on rank 0 (None elsewhere); with several processes it holds
+        every rank's :meth:`_rank_state` under ``"ranks"`` (a collective: every rank calls it)."""
+        ranks = None
+        if self.world_size > 1:
+            ranks = [None] * self.world_size
+            torch.distributed.all_gather_object(ranks, self._rank_state())
+        if not self.is_main:
+            return None
+        state = self.state_dict()
+        if ranks is not None:
+            state["ranks"] = ranks
+        return state
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Checkpoint the run (rank 0) to ``path`` or ``output_dir/last.ckpt`` (the latter
-        moving the previous ``last.ckpt`` to ``prev.ckpt``)."""
+        """Checkpoint the run (rank 0 writes; every rank's own state is in it) to ``path``
+        or ``output_dir/last.ckpt`` (the latter moving the previous ``last.ckpt`` to ``prev.ckpt``)."""
         try:
-            if path is not None:
-                return save_checkpoint(self.state_dict(), path) if self.is_main else None
-            if self.checkpoint_path is None or not self.is_main:
+            if path is None and self.checkpoint_path is None:
                 return None
+            state = self._checkpoint_state()
+            if state is None:
+                return None
+            if path is not None:
+                return save_checkpoint(state, path)
             previous = self.previous_checkpoint_path if self._keep_previous else None
-            saved = save_checkpoint(self.state_dict(), self.checkpoint_path, previous=previous)
+            saved = save_checkpoint(state, self.checkpoint_path, previous=previous)
             self._keep_previous = True
             record_saved(saved, self.epoch, self.global_step)
             return saved

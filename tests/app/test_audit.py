@@ -106,7 +106,9 @@ def test_models_that_do_not_fit_the_data_are_refused(tmp_path):
     data = _data()
     width, classes = data.input_shape[0], data.num_classes
     torch.jit.script(nn.Sequential(nn.Linear(width, 5))).save(str(tmp_path / "five.ts"))
-    with pytest.raises(UsageError, match=rf"five.ts gives outputs of shape \(2, 5\) for 2 samples; the data has {classes} classes"):
+    with pytest.raises(
+        UsageError, match=rf"five.ts gives outputs of shape \(2, 5\) for 2 samples; the data has {classes} classes"
+    ):
         load_model(tmp_path / "five.ts", data)
     torch.jit.script(nn.Sequential(nn.Linear(width + 3, classes))).save(str(tmp_path / "wide.ts"))
     with pytest.raises(UsageError, match=rf"wide.ts does not take this data's inputs \(shape \({width},\) per sample\)"):
@@ -189,3 +191,24 @@ def test_export_names_a_bad_run_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export", str(tmp_path)])
     assert exc.value.code == 2 and "is not a run of an experiment" in capsys.readouterr().err
+
+
+def test_swapped_table_columns_are_refused_not_scored(tmp_path, capsys, small_table):
+    """Issue 24, bad 3: the same rows with two numeric columns swapped were re-encoded in the
+    new order and scored (49% for a 99% model). The dense-cache entry records its columns."""
+    make, table_args = small_table
+    table = make(tmp_path / "t.csv")
+    assert (
+        main(["run", "--data", str(table), *table_args, "--method", "nft", "--output", str(tmp_path / "runs"), "--name", "x"])
+        == 0
+    )
+    (dense,) = (tmp_path / "runs" / ".dense-cache").glob("*.ckpt")
+    sparse = tmp_path / "runs" / "x" / "nft-s90-seed0" / "last.ckpt"
+    audit_args = ["audit", "--dense", str(dense), "--sparse", str(sparse), *table_args[:4], "--hidden", "8", "--no-plots"]
+    assert main([*audit_args, "--data", str(table), "--output", str(tmp_path / "a")]) == 0
+    swapped = make(tmp_path / "swapped.csv", swap=True)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*audit_args, "--data", str(swapped), "--output", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "trained on other encoded columns" in err and "input 0 was 'x1', now 'x2'" in err

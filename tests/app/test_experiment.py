@@ -380,3 +380,28 @@ def test_one_seed_plots_draw_the_runs_intervals(finished, monkeypatch, tmp_path)
     seen.clear()
     experiment.write_plots(dataclasses.replace(result, output_dir=tmp_path))
     assert seen and all(iv is None for iv in seen)
+
+
+def test_a_folder_refuses_runs_on_changed_data(tmp_path, capsys, small_table):
+    """Issue 24, bad 1: after the table changed, a new method ran on the new rows while the old
+    method's run was printed "(cached)" and put in the same table. The folder records its data."""
+    from ceag.app.cli import main
+
+    make, table_args = small_table
+    table = make(tmp_path / "t.csv")
+    args = ["run", "--data", str(table), *table_args, "--output", str(tmp_path / "runs"), "--name", "x"]
+    assert main([*args, "--method", "nft"]) == 0
+    record = json.loads((tmp_path / "runs" / "x" / "data.json").read_text())
+    assert record["samples"]["train"] + record["samples"]["test"] == 300 and record["feature_names"] == ["x1", "x2", "g=a", "g=b"]
+    assert main([*args, "--method", "ceag"]) == 0  # same data: the folder grows
+    make(table, n=200, seed=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--method", "el"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "ran on other data: the files of t have changed since" in err and "--name" in err
+    assert not (tmp_path / "runs" / "x" / "el-s90-seed0").exists()
+    # ... and its audit would judge the models on rows they were not trained on.
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", str(tmp_path / "runs" / "x" / "nft-s90-seed0"), "--no-plots"])
+    assert exc.value.code == 2 and "ran on other data" in capsys.readouterr().err

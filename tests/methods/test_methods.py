@@ -574,7 +574,9 @@ def test_margin_se_raises_each_groups_target_by_its_standard_error():
     acc = dense.correct.double() / dense.count.double()
     se = torch.sqrt(acc * (1 - acc) / dense.count.double())
     torch.testing.assert_close(out.violation[present], (psi - 0.5 * eps - kappa * se)[present])
-    small = GroupStats(count=torch.tensor([10, 1000]), correct=torch.tensor([8, 800]), loss_sum=torch.zeros(2, dtype=torch.float64))
+    small = GroupStats(
+        count=torch.tensor([10, 1000]), correct=torch.tensor([8, 800]), loss_sum=torch.zeros(2, dtype=torch.float64)
+    )
     slack = CEAG(2, small, tolerance=eps, margin_se=1.0)._targets - (1 - 1.0) * eps
     assert float(slack[0]) == pytest.approx(0.4 / 10**0.5) and float(slack[1]) == pytest.approx(0.4 / 1000**0.5)
     for bad in (-0.1, float("nan"), float("inf")):

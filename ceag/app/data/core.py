@@ -101,6 +101,13 @@ class GroupedDataset:
     #: What the loader decided for the user that they should read (a column left out, ...):
     #: one line each, printed by the commands that load the data.
     notes: tuple[str, ...] = ()
+    #: SHA-256 of the files the data was read from (your table or image folder); "" for the
+    #: bundled data sets, whose files are checked against a manifest. Keys the dense cache
+    #: and ties an experiment folder (and its audit) to the data it ran on.
+    source_digest: str = ""
+    #: The encoded input columns, in order ("age", "race=White", ...), where the loader
+    #: encodes a table; () otherwise. A model trained on one encoding is refused on another.
+    feature_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_classes < 1 or self.num_groups < 1:

@@ -208,6 +208,7 @@ def load_images(
             f"{root.name}: {len(classes)} classes, groups {'/'.join(str(c) for c in columns)}, "
             f"{len(train_files)} train and {len(test_files)} test images of {x_train.shape[1]}x{size[0]}x{size[1]}"
         ),
+        source_digest=image_digest({"path": path, "attributes": attributes, "test": test}),
     )
 
 

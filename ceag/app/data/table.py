@@ -220,6 +220,18 @@ def _without_identifiers(df, feats: list[str], *, chosen: bool, where: str) -> t
     return kept, ids
 
 
+def _feature_names(encoder) -> tuple[str, ...]:
+    """The encoded columns as "age" (numeric) and "race=White" (one-hot), in input order."""
+    names = []
+    for kind, pipe, cols in encoder.transformers_:
+        if kind == "numeric":
+            names += list(cols)
+        elif kind == "categorical" and len(cols):
+            onehot = pipe.steps[-1][1]
+            names += [f"{c}={v}" for c, values in zip(cols, onehot.categories_) for v in values]
+    return tuple(names)
+
+
 def _dropped_text(dropped: dict[str, int]) -> str:
     return "left out as identifiers (a distinct value in most rows): " + ", ".join(
         f"{name!r} ({n} values)" for name, n in dropped.items()
@@ -346,6 +358,8 @@ def load_table(
             f"{len(feats)} feature columns ({len(categorical)} one-hot), {len(train_df)} train and {len(test_df)} test rows"
         ),
         notes=(f"data file {Path(path).name}: {_dropped_text(dropped)}",) if dropped else (),
+        source_digest=table_digest({"path": path, "test": test}),
+        feature_names=_feature_names(encoder),
     )
 
 

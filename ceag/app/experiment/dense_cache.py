@@ -13,8 +13,6 @@ from torch import nn
 
 from ceag._io import lock, remove_temp_files
 from ceag.app import data as datasets
-from ceag.app.data.images import image_digest
-from ceag.app.data.table import table_digest
 from ceag.app.experiment.config import DENSE_CACHE, ExperimentConfig
 from ceag.models import build_model
 from ceag.train import (
@@ -49,10 +47,8 @@ def _dense_key(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int) 
     }
     if cfg.val_fraction > 0:  # held-out samples are left out of dense training
         fields["val_fraction"] = cfg.val_fraction
-    if cfg.dataset == datasets.TABLE:  # the file's content, not only its path
-        fields["table"] = table_digest(cfg.dataset_options)
-    if cfg.dataset == datasets.IMAGES:
-        fields["images"] = image_digest(cfg.dataset_options)
+    if data.source_digest:  # your table or images: the files' content, not only their path
+        fields["table" if cfg.dataset == datasets.TABLE else "images"] = data.source_digest
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     return f"{cfg.dataset}-seed{seed}-{digest}"
 
@@ -68,7 +64,6 @@ def dense_model(
     seed: int,
     *,
     log: Callable[[str], None] = print,
-    cache: Path | None = None,
 ) -> nn.Module:
     """The seed's trained dense model, from ``output_root/.dense-cache`` or trained now.
 
@@ -76,10 +71,9 @@ def dense_model(
     training split, batches of ``batch_size`` in the order :func:`ceag.train.epoch_permutation`
     gives, so the same key always yields the same model. A NaN / Inf loss or gradient raises
     :class:`ceag.train.NonFiniteError` (nothing cached) or skips the step, by
-    ``cfg.on_nonfinite``. ``cache``: the entry's path if the caller has it already
-    (:func:`dense_cache_path` hashes your table or image folder).
+    ``cfg.on_nonfinite``.
     """
-    cache = cache if cache is not None else dense_cache_path(cfg, data, seed)  # given: not hashed again
+    cache = dense_cache_path(cfg, data, seed)
     rank, world = rank_and_world()
     if rank != 0:  # data parallel: rank 0 trains (or loads) and caches it; the others read it
         barrier()
@@ -134,7 +128,7 @@ def _cached_or_trained_dense_model(
         log=log,
     )
     model.cpu()
-    save_checkpoint({"model": model.state_dict(), "key": cache.stem}, cache)
+    save_checkpoint({"model": model.state_dict(), "key": cache.stem, "features": list(data.feature_names)}, cache)
     log(
         f"dense model (seed {seed}): trained {cfg.dense_epochs} epochs in {time.perf_counter() - start:.1f} s"
         + (f", {skipped} non-finite steps skipped" if skipped else "")

@@ -22,6 +22,7 @@ from ceag.app.experiment.config import (
     run_dir_name,
     sparsity_label,
 )
+from ceag.app.experiment.data_record import check_data_record, write_data_record
 from ceag.app.experiment.dense_cache import dense_cache_path, dense_model
 from ceag.app.experiment.results import (
     ExperimentResult,
@@ -66,7 +67,7 @@ _GRID = ("methods", "sparsities", "seeds")
 
 
 def _check_config_file(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
-    """Refuse to mix results of different configs in one folder; write config.json.
+    """Refuse to mix results of different configs in one folder; the config to write.
 
     The grid may grow: a re-run with other methods, sparsities or seeds adds them, and the
     returned config (the one written) spans the union, so the folder's report keeps every
@@ -99,8 +100,6 @@ def _check_config_file(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
             merged = dataclasses.replace(cfg, **union)
         except (ValueError, TypeError) as err:
             raise UsageError(f"{path}: its grid cannot be extended ({err}); delete it or choose another --name") from None
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(merged.to_dict(), indent=1).encode())
     return merged
 
 
@@ -297,6 +296,10 @@ def _run_experiment(
     if main:
         check_output_dir(out, _estimate_bytes(cfg, data))
         folder_cfg = _check_config_file(cfg, out)
+        check_data_record(data, out, what="Choose another --name, or delete the folder")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.json", json.dumps(folder_cfg.to_dict(), indent=1).encode())
+        write_data_record(data, out)
     grid = [(seed, s, m) for seed in cfg.seeds for s in cfg.sparsities for m in cfg.methods]
     log(
         f"{data.name}: {len(data.train)} train / {len(data.test)} test samples"
@@ -330,9 +333,8 @@ def _run_experiment(
                 )
                 done = r is not None
                 if dense is None and not done:
-                    # The key hashes your table or image folder: once per seed.
                     dense_path = dense_cache_path(cfg, data, seed)
-                    dense = dense_model(cfg, data, seed, log=log, cache=dense_path)
+                    dense = dense_model(cfg, data, seed, log=log)
                 start = time.perf_counter()
                 if r is None:
                     r = run_one(
