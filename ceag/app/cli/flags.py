@@ -150,7 +150,7 @@ def data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             "groups": args.groups,
             "test": os.path.abspath(args.test) if args.test else None,
             "test_fraction": args.test_fraction,
-            "features": list(args.features) if args.features else None,
+            "features": list(args.features) if args.features is not None else None,
             "missing_groups": args.missing_groups,
             "impute": args.impute,
         }

@@ -98,6 +98,20 @@ def _to_array(im, grey: bool, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / (peak or 255.0)
 
 
+#: The most memory the decoded images may take (float32), before a resize is asked for.
+MAX_PIXEL_BYTES = 4 * 2**30
+
+
+def _check_memory(n: int, grey: bool, size: tuple[int, int], from_first: bool) -> None:
+    need = n * (1 if grey else 3) * size[0] * size[1] * 4
+    if need > MAX_PIXEL_BYTES:
+        where = "the first image's size" if from_first else "--image-size"
+        raise UsageError(
+            f"{n} images at {size[0]}x{size[1]} ({where}) would take {need / 2**30:.1f} GiB as float32; "
+            "give a smaller --image-size H,W"
+        )
+
+
 def _pixels(root: Path, files: Sequence[str], size: tuple[int, int] | None, grey: bool) -> tuple[np.ndarray, tuple[int, int]]:
     out = []
     for f in files:
@@ -181,6 +195,10 @@ def load_images(
 
     size = tuple(int(s) for s in image_size) if image_size is not None else None
     grey = _all_grey([(root, train_files), (test_root, test_files)])
+    if size is None:
+        with _open(root / train_files[0]) as im:
+            size = (im.height, im.width)
+    _check_memory(len(train_files) + len(test_files), grey, size, image_size is None)
     x_train, size = _pixels(root, train_files, size, grey)
     x_test = _pixels(test_root, test_files, size, grey)[0] if test_files else np.zeros((0, *x_train.shape[1:]), np.float32)
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)

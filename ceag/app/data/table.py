@@ -115,8 +115,22 @@ def _read(path: str | os.PathLike, what: str):
         raise UsageError(f"{what} {path} cannot be read: {err}") from None
     if df.empty:
         raise UsageError(f"{what} {path} has no rows")
-    df.columns = [str(c) for c in df.columns]
+    header = _header(path) if suffix == ".csv" else []
+    header = header if len(header) == len(df.columns) else [str(c) for c in df.columns]
+    names = [c.strip() for c in header]  # "race " is the column race, as values are stripped
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise UsageError(f"{what} {path} has two columns named {twice[0]!r}; rename one")
+    df.columns = names
     return df
+
+
+def _header(path: Path) -> list[str]:
+    """The CSV's column names as written (pandas renames a repeated name to ``race.1``)."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        return next(csv.reader(f), [])
 
 
 def _group_values(df, columns: Sequence[GroupColumn], missing: str, where: str) -> list[str]:
@@ -190,6 +204,38 @@ _MIN_ID_LEVELS = 50
 MAX_ENCODED_COLUMNS = 20_000
 
 
+def _is_numeric(col) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+#: Numeric feature values beyond this cannot be standardised in float32 (their square overflows).
+_MAX_ABS_VALUE = 1e18
+
+
+def _check_numeric(train, test, feats: Sequence[str], where: tuple[str, str]) -> None:
+    """A numeric feature (by its training rows) must be numbers in the test rows too, finite
+    and small enough to standardise: each error names the column and a value."""
+    import pandas as pd
+
+    for f in feats:
+        if not _is_numeric(train[f]):
+            continue
+        for df, w in zip((train, test), where):
+            values = pd.to_numeric(df[f], errors="coerce")
+            text = df[f].notna() & values.isna()
+            if text.any():
+                raise UsageError(f"feature column {f!r} is numeric in {where[0]} but holds {df[f][text].iloc[0]!r} in {w}")
+            bad = ~np.isfinite(values.to_numpy(dtype=float)) & values.notna().to_numpy()
+            bad |= np.abs(np.nan_to_num(values.to_numpy(dtype=float))) > _MAX_ABS_VALUE
+            if bad.any():
+                raise UsageError(
+                    f"feature column {f!r} holds {float(values[bad].iloc[0]):g} in {w}: values must be finite and at most "
+                    f"{_MAX_ABS_VALUE:g} in size (rescale the column, or leave it out with --features)"
+                )
+
+
 def _without_identifiers(df, feats: list[str], *, chosen: bool, where: str) -> tuple[list[str], dict[str, int]]:
     """``feats`` less the text columns that look like identifiers, and those dropped (name ->
     distinct values). Columns the user chose with ``features`` are refused instead of dropped;
@@ -230,6 +276,41 @@ def _feature_names(encoder) -> tuple[str, ...]:
             onehot = pipe.steps[-1][1]
             names += [f"{c}={v}" for c, values in zip(cols, onehot.categories_) for v in values]
     return tuple(names)
+
+
+def _notes(
+    name: str,
+    chosen: Sequence[str] | None,
+    feats: Sequence[str],
+    columns: Sequence[GroupColumn],
+    dropped: dict[str, int],
+    train_names: Sequence[str],
+    test_names: Sequence[str],
+    class_names: Sequence[str],
+) -> tuple[str, ...]:
+    """One line for each choice the loader made that the user should know of."""
+    notes = []
+    if dropped:
+        notes.append(f"data file {name}: {_dropped_text(dropped)}")
+    protected = [c.name for c in columns if c.name in feats]
+    if protected and chosen is None:
+        notes.append(
+            f"the group columns {', '.join(map(repr, protected))} are also features (the default: every column but "
+            "the label); name the features with --features to leave them out"
+        )
+    train_groups, test_groups = set(train_names), set(test_names)
+    only_test = sorted(test_groups - train_groups)
+    if only_test:
+        notes.append(
+            f"{len(only_test)} group(s) have test rows but no training rows (e.g. {only_test[0]!r}): "
+            "they are reported, never trained on"
+        )
+    no_test = len(train_groups - test_groups)
+    if no_test:
+        notes.append(f"{no_test} of {len(train_groups)} groups have no test rows: the test split cannot judge them")
+    if len(class_names) > max(100, len(train_names) // 5):
+        notes.append(f"the label has {len(class_names)} classes for {len(train_names)} training rows: is it an identifier?")
+    return tuple(notes)
 
 
 def _dropped_text(dropped: dict[str, int]) -> str:
@@ -316,6 +397,13 @@ def load_table(
     if len(train_df) == 0:
         raise UsageError(f"data file {path}: no training rows left after the test split")
     where = (f"data file {path}", f"test file {test}" if test is not None else "the test split")
+    lacking = [f for f in feats if f not in test_df.columns]
+    if lacking:
+        raise UsageError(f"test file {test} has no column {lacking[0]!r}, a feature of data file {path}")
+    if missing_groups == "level":  # a group column's missing value is its own level as a feature too
+        fill = {c.name: _MISSING_LEVEL for c in columns if c.name in feats and not _is_numeric(train_df[c.name])}
+        train_df, test_df = train_df.fillna(fill), test_df.fillna(fill)
+    _check_numeric(train_df, test_df, feats, where)
     for df, w in zip((train_df, test_df), where):
         if impute == "refuse":
             bad = [f for f in feats if df[f].isna().any()]
@@ -326,6 +414,12 @@ def load_table(
                     + "; use --impute mean, or clean the table"
                 )
     y_train, y_test, class_names = _labels(train_df, test_df, label, where)
+    unseen = sorted(set(y_test.tolist()) - set(y_train.tolist()))
+    if unseen:
+        raise UsageError(
+            f"label column {label!r}: {where[1]} has classes the training rows lack "
+            f"({', '.join(repr(class_names[i]) for i in unseen[:3])}); a model cannot learn them"
+        )
 
     _check_group_count([*train_names, *test_names], columns)
     group_names = tuple(sorted(set(train_names) | set(test_names)))
@@ -357,7 +451,7 @@ def load_table(
             f"{Path(path).name}: label {label!r}, groups {'/'.join(str(c) for c in columns)}, "
             f"{len(feats)} feature columns ({len(categorical)} one-hot), {len(train_df)} train and {len(test_df)} test rows"
         ),
-        notes=(f"data file {Path(path).name}: {_dropped_text(dropped)}",) if dropped else (),
+        notes=_notes(Path(path).name, features, feats, columns, dropped, train_names, test_names, class_names),
         source_digest=table_digest({"path": path, "test": test}),
         feature_names=_feature_names(encoder),
     )
@@ -408,6 +502,13 @@ def check_table_options(**options: Any) -> None:
     seed = options.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"table: seed must be an integer >= 0, got {seed!r}")
+    features = options.get("features")
+    if features is not None:
+        if not features or any(not isinstance(f, str) or not f.strip() for f in features):
+            raise UsageError(f"--features must name one or more columns, got {features!r}")
+        twice = sorted({f for f in features if list(features).count(f) > 1})
+        if twice:
+            raise UsageError(f"--features names {twice[0]!r} twice")
     for name in ("path", "test"):
         p = options.get(name)
         if p is not None and not Path(p).is_file():

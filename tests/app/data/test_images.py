@@ -194,3 +194,14 @@ def test_empty_class_folder_and_decompression_bomb_are_named(folder, monkeypatch
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # every 8x8 image is now a "bomb"
     with pytest.raises(UsageError, match="too large to read safely"):
         load_images(root, attrs, "tone")
+
+
+def test_a_huge_first_image_asks_for_image_size(folder, monkeypatch):
+    """A 4000² first image once resized every image to 4000² and ran out of memory (issue 24)."""
+    import ceag.app.data.images as images
+
+    root, attrs = folder
+    monkeypatch.setattr(images, "MAX_PIXEL_BYTES", 40 * 3 * 8 * 8 * 4 - 1)
+    with pytest.raises(UsageError, match=r"40 images at 8x8 \(the first image's size\) would take .* --image-size"):
+        load_images(root, attrs, "tone")
+    assert load_images(root, attrs, "tone", image_size=(4, 4)).input_shape == (3, 4, 4)

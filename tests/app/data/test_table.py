@@ -219,8 +219,9 @@ def test_identifier_columns_are_left_out_or_refused(tmp_path):
     ds = load_table_frame(tmp_path, df)
     plain = load_table_frame(tmp_path, _frame(2000), name="plain.csv")
     assert ds.input_shape == plain.input_shape  # the id is not a feature
-    assert len(ds.notes) == 1 and "'applicant'" in ds.notes[0] and "identifiers" in ds.notes[0]
-    assert plain.notes == ()
+    (note,) = [n for n in ds.notes if "identifiers" in n]
+    assert "'applicant' (2000 values)" in note
+    assert not any("identifiers" in n for n in plain.notes)
     with pytest.raises(UsageError, match="feature column 'applicant' has 2000 distinct values in 2000 rows.*identifier"):
         load_table_frame(tmp_path, df, features=["applicant", "hours"])
     # Many levels but not one per row: kept unless the one-hot width passes the cap.
@@ -235,3 +236,66 @@ def test_identifier_columns_are_left_out_or_refused(tmp_path):
             load_table_frame(tmp_path, df)
     finally:
         table_mod.MAX_ENCODED_COLUMNS = cap
+
+
+@pytest.mark.parametrize(
+    "edit, kwargs, message",
+    [
+        # issue 24, ugly: each once a traceback, a silent surprise or a vague message
+        (None, {"features": []}, "--features must name one or more columns"),
+        (None, {"features": ["hours", "hours"]}, "--features names 'hours' twice"),
+        (lambda d: d.assign(hours=d["hours"].where(d.index != 4, np.inf)), {}, "feature column 'hours' holds inf"),
+        (lambda d: d.assign(hours=d["hours"].where(d.index != 4, 1e308)), {}, "feature column 'hours' holds 1e\\+308"),
+    ],
+)
+def test_hostile_tables_name_the_column(tmp_path, edit, kwargs, message):
+    df = _frame() if edit is None else edit(_frame())
+    with pytest.raises(UsageError, match=message):
+        load_table_frame(tmp_path, df, **kwargs)
+
+
+def test_hostile_header_and_test_file(tmp_path):
+    """Repeated and space-padded header names; a test file that lacks a column, holds text in
+    a numeric one, or a class the training rows lack (issue 24, ugly)."""
+    df = _frame()
+    (tmp_path / "dup.csv").write_text(df.to_csv(index=False).replace("sex", "race", 1))
+    with pytest.raises(UsageError, match="two columns named 'race'"):
+        load_table(tmp_path / "dup.csv", "approved", "race")
+    (tmp_path / "pad.csv").write_text(df.to_csv(index=False).replace("race", "race ", 1))
+    assert load_table(tmp_path / "pad.csv", "approved", "race,sex").num_groups == 6
+    train, test = _frame(300), _frame(100, seed=1)
+    train.to_csv(tmp_path / "train.csv", index=False)
+    for edit, message in (
+        (lambda d: d.drop(columns="job"), "test file .* has no column 'job', a feature of data file"),
+        (
+            lambda d: d.assign(hours=d["hours"].astype(str).where(d.index != 2, "twelve")),
+            "numeric in data file .* holds 'twelve' in test file",
+        ),
+        (
+            lambda d: d.assign(approved=d["approved"].where(d.index != 3, "maybe")),
+            "test file .* has classes the training rows lack \\('maybe'\\)",
+        ),
+    ):
+        edit(test).to_csv(tmp_path / "test.csv", index=False)
+        with pytest.raises(UsageError, match=message):
+            load_table(tmp_path / "train.csv", "approved", "race,sex", test=tmp_path / "test.csv")
+
+
+def test_notes_say_what_the_loader_chose(tmp_path):
+    """Protected columns as features, groups only in test or with no test rows, a missing
+    group value as its own level even though the group column is a feature (issue 24, ugly)."""
+    df = _frame()
+    df.loc[7, "race"] = np.nan  # its own level NA, also as a feature (it was refused as a missing feature)
+    ds = load_table_frame(tmp_path, df)
+    assert any(n.startswith("NA/") for n in ds.group_names)
+    assert any("group columns 'race', 'sex' are also features" in n for n in ds.notes)
+    assert not any("also features" in n for n in load_table_frame(tmp_path, df, features=["hours", "age"]).notes)
+    train, test = _frame(300), _frame(100, seed=1)
+    train = train[train["race"] != "Asian"].copy()
+    train.loc[train.index[:5], "sex"] = "Unknown"  # a group with training rows only
+    test.loc[test.index[:20], "sex"] = "Other"
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    notes = load_table(tmp_path / "train.csv", "approved", "race,sex", test=tmp_path / "test.csv").notes
+    assert any("have test rows but no training rows" in n for n in notes)
+    assert any("groups have no test rows" in n for n in notes)
