@@ -102,6 +102,8 @@ def check_output_dir(folder: str | os.PathLike, need_bytes: int = 0) -> None:
     """Raise :class:`OutputError` unless ``folder`` (created if missing) takes a probe file
     (written and removed) and has at least ``need_bytes`` free."""
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise output_error(f"output folder {folder} is a link to {os.readlink(folder)}, which does not exist")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".ceag-probe.", suffix=".tmp", dir=folder)
@@ -212,13 +214,17 @@ def read_verified(
         with torch.serialization.safe_globals(_legacy_numpy_globals()):
             return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message is a page of advice; keep its one line that says what was found.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        first = f"it names {found.group(1)}" if found else "an unsupported type"
         raise error(
             f"{path}: refused to load: the {what} holds objects other than tensors and plain Python values "
-            f"({first}); it was not written by this version of ceag, or was tampered with"
+            f"({unpickling_refusal(e)}); it was not written by this version of ceag, or was tampered with"
         ) from None
+
+
+def unpickling_refusal(err: pickle.UnpicklingError) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words: torch's message is a
+    page of advice that ends by suggesting ``weights_only=False``, which would run the file's code."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return f"it holds objects other than tensors; it names {found.group(1)}" if found else "it holds an unsupported type"
 
 
 def _legacy_numpy_globals() -> list:

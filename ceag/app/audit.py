@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import math
+import pickle
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ceag._io import CEAG_CHECKPOINT_MAGIC, atomic_write, json_ready
+from ceag._io import CEAG_CHECKPOINT_MAGIC, atomic_write, json_ready, unpickling_refusal
 from ceag.app.data.core import GroupedDataset
 from ceag.errors import UsageError
 from ceag.metrics import DEFAULT_MIN_COUNT, DisparityReport, disparity, evaluate_samples, paired_counts
@@ -115,14 +116,16 @@ def _read_model(path: Path, data: GroupedDataset, arch: str, hidden: Sequence[in
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise UsageError(f"model file {path} is neither TorchScript, a ceag checkpoint nor a state_dict ({err})") from None
+            # Never torch's advice to retry with weights_only=False: that would run the file's code.
+            why = unpickling_refusal(err) if isinstance(err, pickle.UnpicklingError) else str(err).strip().splitlines()[0]
+            raise UsageError(f"model file {path} is neither TorchScript, a ceag checkpoint nor a state_dict ({why})") from None
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"model file {path} holds no state_dict of tensors")
     torch.manual_seed(0)
     model = build_model(data.input_shape, data.num_classes, arch, hidden)
-    if any(k.endswith(".mask") for k in state):
+    if any(k.endswith((".mask", ".row_ptr")) for k in state):  # masked, or compact ("compact"/"auto" storage)
         sparsify(model)
         # Layers a run with "auto" storage made compact are compact before loading.
         compact_(model, (k.rsplit(".", 1)[0] for k in state if k.endswith(".row_ptr")))
@@ -285,8 +288,8 @@ def audit(
     return out
 
 
-def _pct(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{v * 100:+.1f}"
+def _pct(v: float, sign: bool = True) -> str:
+    return "n/a" if math.isnan(v) else f"{v * 100:+.1f}" if sign else f"{v * 100:.1f}"
 
 
 def _table(report: DisparityReport, names: Sequence[str], rows: int | None = None) -> str:
@@ -310,8 +313,8 @@ def _table(report: DisparityReport, names: Sequence[str], rows: int | None = Non
             status += f" (~{need:,.0f} samples would certify ε at this discordance)"
         lo, hi = float(report.psi_ci[0][g]), float(report.psi_ci[1][g])
         lines.append(
-            f"| {names[g]} | {int(report.count[g])} | {_pct(float(report.dense_accuracy[g]))[1:] if report.included[g] else 'n/a'} "
-            f"| {_pct(float(report.sparse_accuracy[g]))[1:] if report.included[g] else 'n/a'} "
+            f"| {names[g]} | {int(report.count[g])} | {_pct(float(report.dense_accuracy[g]), sign=False) if report.included[g] else 'n/a'} "
+            f"| {_pct(float(report.sparse_accuracy[g]), sign=False) if report.included[g] else 'n/a'} "
             f"| {_pct(float(report.psi[g]))} ({_pct(lo)}, {_pct(hi)}) | {status} |"
         )
     return "\n".join(lines)
@@ -321,7 +324,7 @@ def _summary_line(split: str, r: DisparityReport) -> str:
     s = r.summary()
     return (
         f"{split}: overall accuracy {s['dense_accuracy']:.1%} dense → {s['sparse_accuracy']:.1%} sparse; "
-        f"max ψ {_pct(s['max_psi'])} points, Ψ_PW {_pct(s['psi_pw'])[1:]} over {s['num_included']} groups "
+        f"max ψ {_pct(s['max_psi'])} points, Ψ_PW {_pct(s['psi_pw'], sign=False)} over {s['num_included']} groups "
         f"(max ψ {_pct(s['max_psi_measurable'])} over the {s['num_measurable']} measurable ones: interval ≤ 2ε each side); "
         f"{s['num_within']} certified within ε = {r.tolerance * 100:g} points, {s['num_violates']} violate, "
         f"{s['num_too_small']} too small to tell" + (f"; {r.exclusion_note()}" if r.exclusion_note() else "")
@@ -362,9 +365,17 @@ def write_audit(
     return written
 
 
-def sparsity_of(model: nn.Module) -> float:
-    """The masked layers' sparsity, or NaN for a model without masks (e.g. TorchScript)."""
+def sparsity_of(model: nn.Module) -> tuple[float, str]:
+    """(sparsity, what it counts): the masked layers' sparsity, or for a model without masks
+    (a TorchScript or plain model) the share of zeros among its weight matrices and kernels."""
     try:
-        return sparsity_report(model).masked_overall.sparsity
+        report = sparsity_report(model)
+        if report.masked_overall.total:
+            return report.masked_overall.sparsity, "masked layers"
     except (ValueError, AttributeError, RuntimeError):
-        return math.nan
+        pass  # TorchScript: count its parameters
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight") and p.dim() >= 2]
+    total = sum(p.numel() for p in weights)
+    if not total:
+        return math.nan, "no weight matrices"
+    return sum(int((p == 0).sum()) for p in weights) / total, "zero weights"

@@ -12,12 +12,14 @@ from ceag.methods.buffers import BufferEstimate, estimate_overall
 from ceag.methods.constrained import ConstrainedMethod
 from ceag.metrics import GroupStats
 
-__all__ = ["CEAG", "MULTIPLIER_SCALES", "PAPER_FORMULATION"]
+__all__ = ["CEAG", "GROUP_SLACKS", "MULTIPLIER_SCALES", "PAPER_FORMULATION"]
 
 
 #: How CEAG's multipliers enter the primal: λ_g as is ("absolute", the paper), or times the
 #: group's share of the batch ("share": w_g = (1 + λ_g)/N before normalisation).
 MULTIPLIER_SCALES = ("absolute", "share")
+#: Per-group additions to the dual target by the group's size (CEAG's ``group_slack``).
+GROUP_SLACKS = ("none", "se", "sample")
 #: The paper's choices where CEAG's defaults depart from it (docs/method.md): method "ceag_paper".
 PAPER_FORMULATION = {"primal": "paper", "multiplier_scale": "absolute", "dual_optimizer": "sgd", "margin": 0.0}
 
@@ -42,11 +44,14 @@ class CEAG(ConstrainedMethod):
             margin) ε (default 1: ψ̂_g ≤ 0; 0: the paper's ψ̂_g ≤ ε). Dual ascent settles the active groups *at*
             its target, and their final ψ_g scatters around it, so a target of ε leaves about
             half of them above ε (docs/method.md).
-        margin_se: κ >= 0, a size-aware slack: group g's target is raised by κ · se_g, with
-            se_g = √(A_g(θ_d)(1 − A_g(θ_d)) / n_g) the standard error of its dense accuracy on
-            its n_g training samples, so the dual stops chasing what the group's size cannot
-            resolve (default 0: one target for every group; measured, not the default:
-            docs/method.md, section 5).
+        group_slack: raise group g's target by ``slack_scale`` times a unit set by its size
+            (measured, not the default: docs/method.md, section 5): "none" (default: one
+            target for every group); "se", the standard error √(A_g(1 − A_g) / n_g) of its
+            dense accuracy on its n_g training samples; "sample", 1 / n_g, one sample of the
+            group (its accuracy moves in steps of 1 / n_g, so a target below that is met only
+            by overshooting). Either way the dual stops chasing what the group's size cannot
+            resolve.
+        slack_scale: κ >= 0, the multiple of the unit (default 1).
         Other keywords: see :class:`ConstrainedMethod`.
 
     Dual violation with buffers: Â_g = buffer mean, available when the buffer is full and
@@ -69,7 +74,8 @@ class CEAG(ConstrainedMethod):
         primal: str = "positive",
         multiplier_scale: str = "absolute",
         margin: float = 1.0,
-        margin_se: float = 0.0,
+        group_slack: str = "none",
+        slack_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if primal not in PRIMALS:
@@ -82,10 +88,13 @@ class CEAG(ConstrainedMethod):
         if not 0.0 <= margin <= 1.0:
             raise ValueError(f"margin must be in [0, 1], got {margin}")
         self.margin = margin
-        margin_se = _to_float("margin_se", margin_se)
-        if not (math.isfinite(margin_se) and margin_se >= 0):
-            raise ValueError(f"margin_se must be a finite number >= 0, got {margin_se}")
-        self.margin_se = margin_se
+        if group_slack not in GROUP_SLACKS:
+            raise ValueError(f"group_slack must be one of {', '.join(GROUP_SLACKS)}; got {group_slack!r}")
+        self.group_slack = group_slack
+        slack_scale = _to_float("slack_scale", slack_scale)
+        if not (math.isfinite(slack_scale) and slack_scale >= 0):
+            raise ValueError(f"slack_scale must be a finite number >= 0, got {slack_scale}")
+        self.slack_scale = slack_scale
         if not isinstance(dense, GroupStats):
             raise TypeError(f"dense must be a ceag.metrics.GroupStats, got {type(dense).__name__}")
         if dense.num_groups != num_groups:
@@ -99,7 +108,7 @@ class CEAG(ConstrainedMethod):
     @property
     def dual_target(self) -> float:
         """The bound the dual step enforces on ψ̂_g: (1 − margin) ε (plus κ · se_g per group
-        with ``margin_se``)."""
+        with ``group_slack``)."""
         return (1.0 - self.margin) * self.tolerance
 
     def _move_constants(self, device: torch.device) -> None:
@@ -109,8 +118,13 @@ class CEAG(ConstrainedMethod):
         self._dense_loss = torch.nan_to_num(d.loss, nan=0.0).to(device)
         self._dense_overall_loss = torch.tensor(d.overall_loss, dtype=torch.float64).to(device)
         self._shares = d.shares.to(device)
-        se = torch.sqrt(self._dense_acc * (1 - self._dense_acc) / d.count.clamp_min(1).to(self._dense_acc.dtype))
-        self._targets = (self.dual_target + self.margin_se * se).to(device)
+        n = d.count.clamp_min(1).to(self._dense_acc.dtype)
+        unit = {
+            "none": torch.zeros_like(n),
+            "se": torch.sqrt(self._dense_acc * (1 - self._dense_acc) / n),
+            "sample": 1.0 / n,
+        }[self.group_slack]
+        self._targets = (self.dual_target + self.slack_scale * unit).to(device)
 
     def _buffer_values(self, out, logits, target):
         return out.sample_correct

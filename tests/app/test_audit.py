@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -212,3 +213,83 @@ def test_swapped_table_columns_are_refused_not_scored(tmp_path, capsys, small_ta
         main([*audit_args, "--data", str(swapped), "--output", str(tmp_path / "a")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "trained on other encoded columns" in err and "input 0 was 'x1', now 'x2'" in err
+
+
+def test_hostile_audit_flags_and_files_are_named(trained, tmp_path, capsys):
+    """Issue 24, ugly: ε and confidence out of range blamed on the models; a crafted file's
+    refusal repeating torch's advice to load with weights_only=False; "Ψ_PW /a"; a plain
+    model with half its weights zero reported "0.0% sparse"."""
+    from torch import nn
+
+    from ceag.app.audit import sparsity_of
+
+    root, dense, sparse, _ = trained
+    base = [
+        "audit",
+        "--dense",
+        str(dense),
+        "--sparse",
+        str(sparse),
+        *SYN,
+        "--min-count",
+        "10",
+        "--output",
+        str(tmp_path),
+        "--no-plots",
+    ]
+    for flag, value, message in (
+        ("--tolerance", "1e9", "--tolerance .* in \\[0, 1\\)"),
+        ("--tolerance", "inf", "--tolerance .* in \\[0, 1\\)"),
+        ("--confidence", "1.5", "--confidence must be in \\(0, 1\\)"),
+        ("--confidence", "0", "--confidence must be in \\(0, 1\\)"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, flag, value])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and re.search(message, err) and "models" not in err, (flag, value, err)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"w": Payload()}, tmp_path / "crafted.pt")
+    with pytest.raises(UsageError) as info:
+        load_model(tmp_path / "crafted.pt", _data())
+    assert "weights_only" not in str(info.value) and "it names print" in str(info.value)
+
+    layer = nn.Linear(4, 4)
+    with torch.no_grad():
+        layer.weight[:2] = 0
+    assert sparsity_of(nn.Sequential(layer)) == (0.5, "zero weights")
+    assert sparsity_of(load_model(sparse, _data(), hidden=(16, 16)))[1] == "masked layers"
+    assert main(base) == 0
+    assert "Ψ_PW /a" not in capsys.readouterr().out
+
+
+def test_a_compact_run_is_audited(tmp_path, capsys):
+    """A --storage compact run's last.ckpt was refused ("does not fit")."""
+    argv = [
+        "run",
+        *SYN,
+        "--method",
+        "nft",
+        "--dense-epochs",
+        "1",
+        "--pruning-epochs",
+        "1",
+        "--mitigation-epochs",
+        "1",
+        "--min-count",
+        "10",
+        "--storage",
+        "compact",
+        "--no-progress",
+        "--no-plots",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "c",
+    ]
+    assert main(argv) == 0
+    assert main(["audit", str(tmp_path / "c" / "nft-s90-seed0"), "--no-plots"]) == 0
+    assert "certified within ε" in capsys.readouterr().out

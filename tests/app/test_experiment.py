@@ -405,3 +405,26 @@ def test_a_folder_refuses_runs_on_changed_data(tmp_path, capsys, small_table):
     with pytest.raises(SystemExit) as exc:
         main(["audit", str(tmp_path / "runs" / "x" / "nft-s90-seed0"), "--no-plots"])
     assert exc.value.code == 2 and "ran on other data" in capsys.readouterr().err
+
+
+def test_torchrun_with_compact_storage_is_refused_before_any_file(tmp_path, monkeypatch):
+    """Issue 24, ugly: each rank gave a traceback and config.json was left behind, so the
+    suggested --storage dense was then refused ("storage differ")."""
+    from ceag.app.experiment import runner
+    from ceag.errors import UsageError
+
+    monkeypatch.setattr(runner, "rank_and_world", lambda: (0, 2))
+    with pytest.raises(UsageError, match="--storage compact .* use --storage dense with torchrun"):
+        run_experiment(_cfg(tmp_path, storage="compact", name="t"), log=lambda _: None, plots=False)
+    assert not (tmp_path / "t").exists() and not _cfg(tmp_path, name="t").output_dir.exists()
+
+
+def test_a_dangling_link_as_the_run_folder_is_named(tmp_path):
+    """--name pointing at a dangling symlink said "is not writable: File exists"."""
+    from ceag._io import OutputError
+
+    cfg = _cfg(tmp_path, name="gone")
+    cfg.output_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg.output_dir.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match="is a link to .*nowhere, which does not exist"):
+        run_experiment(cfg, log=lambda _: None, plots=False)

@@ -562,26 +562,32 @@ def test_margin_moves_the_dual_target(margin):
             CEAG(G, dense, margin=bad)
 
 
-def test_margin_se_raises_each_groups_target_by_its_standard_error():
-    """margin_se κ: group g's target is (1 − margin) ε + κ √(A_g(1 − A_g) / n_g), A_g and n_g
-    the dense model's; a small group gets more slack than a large one of the same accuracy."""
+@pytest.mark.parametrize("slack", ["se", "sample"])
+def test_group_slack_raises_each_groups_target_by_its_size_unit(slack):
+    """group_slack: group g's target is (1 − margin) ε + κ u_g, with u_g = √(A_g(1 − A_g) / n_g)
+    ("se") or 1 / n_g ("sample"), A_g and n_g the dense model's; a small group gets more slack."""
     dense = _dense()
     eps, kappa = 0.04, 1.5
-    method = CEAG(G, dense, tolerance=eps, buffer_size=None, dual_lr=0.1, margin=0.5, margin_se=kappa)
+    method = CEAG(G, dense, tolerance=eps, buffer_size=None, dual_lr=0.1, margin=0.5, group_slack=slack, slack_scale=kappa)
     logits, target, group = _batch()
     out = method.step(logits, target, group)
     psi, present = _psi_hat_batch(dense, logits, target, group)
-    acc = dense.correct.double() / dense.count.double()
-    se = torch.sqrt(acc * (1 - acc) / dense.count.double())
-    torch.testing.assert_close(out.violation[present], (psi - 0.5 * eps - kappa * se)[present])
+    n = dense.count.double()
+    acc = dense.correct.double() / n
+    unit = torch.sqrt(acc * (1 - acc) / n) if slack == "se" else 1 / n
+    torch.testing.assert_close(out.violation[present], (psi - 0.5 * eps - kappa * unit)[present])
     small = GroupStats(
         count=torch.tensor([10, 1000]), correct=torch.tensor([8, 800]), loss_sum=torch.zeros(2, dtype=torch.float64)
     )
-    slack = CEAG(2, small, tolerance=eps, margin_se=1.0)._targets - (1 - 1.0) * eps
-    assert float(slack[0]) == pytest.approx(0.4 / 10**0.5) and float(slack[1]) == pytest.approx(0.4 / 1000**0.5)
+    got = CEAG(2, small, tolerance=eps, group_slack=slack)._targets
+    want = [0.4 / 10**0.5, 0.4 / 1000**0.5] if slack == "se" else [0.1, 0.001]
+    assert got.tolist() == pytest.approx(want)
+    assert CEAG(2, small, tolerance=eps)._targets.tolist() == [0.0, 0.0]  # "none", margin 1
     for bad in (-0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="margin_se"):
-            CEAG(G, dense, margin_se=bad)
+        with pytest.raises(ValueError, match="slack_scale"):
+            CEAG(G, dense, group_slack=slack, slack_scale=bad)
+    with pytest.raises(ValueError, match="group_slack must be one of none, se, sample"):
+        CEAG(G, dense, group_slack="size")
 
 
 @pytest.mark.parametrize("dual_optimizer", ["sgd", "nupi"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -73,6 +74,10 @@ def _audit(args: argparse.Namespace) -> int:
 
     if args.rows < 1:
         raise UsageError(naming_the_flag(f"--rows must be >= 1, got {args.rows}", args.parser, "audit"))
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and 0 <= args.tolerance < 1):
+        raise UsageError(f"--tolerance (ε) is a fraction of accuracy in [0, 1), e.g. 0.01 for one point; got {args.tolerance:g}")
+    if not (math.isfinite(args.confidence) and 0 < args.confidence < 1):
+        raise UsageError(f"--confidence must be in (0, 1), e.g. 0.95; got {args.confidence:g}")
     if args.run is not None:
         return _audit_run(args)
     if args.dense is None or args.sparse is None:
@@ -158,7 +163,8 @@ def _print_audit(args: argparse.Namespace, data, sparse, reports, folder) -> Non
     from ceag.app import audit as audit_mod
 
     written = audit_mod.write_audit(reports, data.group_names, folder, plots=not args.no_plots)
-    print(f"{data.name}: {data.num_groups} groups; sparse model {audit_mod.sparsity_of(sparse):.1%} sparse (masked layers)")
+    sparsity, counted = audit_mod.sparsity_of(sparse)
+    print(f"{data.name}: {data.num_groups} groups; sparse model {sparsity:.1%} sparse ({counted})")
     for note in data.notes:
         print(note)
     for split, r in reports.items():

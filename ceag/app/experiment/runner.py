@@ -269,6 +269,11 @@ def run_experiment(
     watch progress or memory); runs already finished are not trained again.
     """
     cfg.validate()
+    if rank_and_world()[1] > 1 and cfg.storage != "dense":  # before any folder or file is made
+        raise UsageError(
+            f"--storage {cfg.storage} resizes parameters when pruning, which several processes (torchrun) "
+            "cannot share; use --storage dense with torchrun"
+        )
     out = cfg.output_dir
     if rank_and_world()[1] > 1 and rank_and_world()[0] != 0:  # data parallel (torchrun): rank 0 writes and logs
         return _run_experiment(cfg, out, log=lambda msg: None, plots=False, on_epoch_end=on_epoch_end)
