@@ -42,7 +42,7 @@ def add_data_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     )
     g.add_argument("--test", metavar="PATH", help="your table: a test file with the same columns (default: --test-fraction)")
     g.add_argument(
-        "--test-fraction", type=float, default=0.2, help="your table: share of every group held out for test (default 0.2)"
+        "--test-fraction", type=float, default=None, help="your table: share of every group held out for test (default 0.2)"
     )
     g.add_argument("--features", type=comma_list(str), help="your table: feature columns (default: all but the label)")
     g.add_argument(
@@ -117,6 +117,11 @@ def data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     dataset = args.dataset
     table_flags = ("label", "features")
     image_flags = ("attributes", "image_size")
+    from ceag.app.data.table import DEFAULT_TEST_FRACTION
+
+    if args.test is not None and args.test_fraction is not None:
+        raise ValueError("--test and --test-fraction: give one (with --test, the test file is the test split)")
+    test_fraction = args.test_fraction if args.test_fraction is not None else DEFAULT_TEST_FRACTION
     if args.data is not None and os.path.isdir(args.data):
         if args.dataset_given:
             raise ValueError("--data and --dataset: give one (--data is your own image folder)")
@@ -131,7 +136,7 @@ def data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             "attributes": os.path.abspath(args.attributes),
             "groups": args.groups,
             "test": os.path.abspath(args.test) if args.test else None,
-            "test_fraction": args.test_fraction,
+            "test_fraction": test_fraction,
             "image_size": list(args.image_size) if args.image_size else None,
             "missing_groups": args.missing_groups,
         }
@@ -149,13 +154,13 @@ def data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             "label": args.label,
             "groups": args.groups,
             "test": os.path.abspath(args.test) if args.test else None,
-            "test_fraction": args.test_fraction,
+            "test_fraction": test_fraction,
             "features": list(args.features) if args.features is not None else None,
             "missing_groups": args.missing_groups,
             "impute": args.impute,
         }
     else:
-        for flag in (*table_flags, "test", *image_flags):
+        for flag in (*table_flags, "test", "test_fraction", *image_flags):
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} applies to your own data (--data PATH) only")
         for flag, key in (("groups", "num_groups"), ("samples", "num_train"), ("minority_effect", "minority_effect")):

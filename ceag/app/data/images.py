@@ -33,7 +33,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ceag.app.data.core import GroupedDataset
-from ceag.app.data.table import _check_group_count, _group_values, _read, _split, check_known_and_required, parse_group_columns
+from ceag.app.data.table import (
+    DEFAULT_TEST_FRACTION,
+    _check_group_count,
+    _group_values,
+    _read,
+    _split,
+    check_known_and_required,
+    parse_group_columns,
+)
 from ceag.errors import UsageError
 
 __all__ = ["IMAGE_SUFFIXES", "check_image_options", "image_digest", "load_images"]
@@ -131,7 +139,7 @@ def load_images(
     groups: str | Sequence[str],
     *,
     test: str | os.PathLike | None = None,
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     image_size: Sequence[int] | None = None,
     missing_groups: str = "level",
     seed: int = 0,
@@ -242,7 +250,7 @@ def check_image_options(**options: Any) -> None:
             raise UsageError(f"{'image' if name == 'path' else 'test'} folder {p} does not exist")
     if not Path(options["attributes"]).is_file():
         raise UsageError(f"attributes file {options['attributes']} does not exist")
-    fraction = options.get("test_fraction", 0.2)
+    fraction = options.get("test_fraction", DEFAULT_TEST_FRACTION)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise UsageError(f"test_fraction must be in (0, 1), got {fraction!r}")
     size = options.get("image_size")

@@ -41,11 +41,13 @@ from torch.utils.data import TensorDataset
 from ceag.app.data.core import GroupedDataset, sha256_file
 from ceag.errors import UsageError
 
-__all__ = ["MAX_ENCODED_COLUMNS", "MAX_TABLE_GROUPS", "GroupColumn", "load_table", "parse_group_columns"]
+__all__ = ["DEFAULT_TEST_FRACTION", "MAX_ENCODED_COLUMNS", "MAX_TABLE_GROUPS", "GroupColumn", "load_table", "parse_group_columns"]
 
 #: More intersectional groups than this is refused (a typo such as an id column as a group).
 MAX_TABLE_GROUPS = 100_000
 IMPUTE = ("refuse", "mean")
+#: The share of every group held out for test when no test file is given.
+DEFAULT_TEST_FRACTION = 0.2
 MISSING_GROUPS = ("level", "error")
 _MISSING_LEVEL = "NA"
 
@@ -298,6 +300,12 @@ def _notes(
             f"the group columns {', '.join(map(repr, protected))} are also features (the default: every column but "
             "the label); name the features with --features to leave them out"
         )
+    names = set(train_names) | set(test_names)
+    for i, col in enumerate(columns):
+        used = {n.split("/")[i] for n in names}
+        empty = [b for b in _band_labels(col.bins) if b not in used] if col.bins else []
+        if empty:
+            notes.append(f"group column {col.name!r}: the bands {', '.join(empty)} hold no rows (check bins=)")
     train_groups, test_groups = set(train_names), set(test_names)
     only_test = sorted(test_groups - train_groups)
     if only_test:
@@ -345,7 +353,7 @@ def load_table(
     groups: str | Sequence[str],
     *,
     test: str | os.PathLike | None = None,
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     features: Sequence[str] | None = None,
     missing_groups: str = "level",
     impute: str = "refuse",
@@ -492,7 +500,7 @@ def check_table_options(**options: Any) -> None:
     """:func:`load_table`'s arguments checked without reading the file (UsageError naming one)."""
     allowed = {"path", "label", "groups", "test", "test_fraction", "features", "missing_groups", "impute", "seed"}
     check_known_and_required("table", options, allowed, ("path", "label", "groups"), "--data, --label, --groups")
-    fraction = options.get("test_fraction", 0.2)
+    fraction = options.get("test_fraction", DEFAULT_TEST_FRACTION)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise UsageError(f"test_fraction must be in (0, 1), got {fraction!r}")
     if options.get("missing_groups", "level") not in MISSING_GROUPS:

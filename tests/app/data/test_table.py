@@ -299,3 +299,18 @@ def test_notes_say_what_the_loader_chose(tmp_path):
     notes = load_table(tmp_path / "train.csv", "approved", "race,sex", test=tmp_path / "test.csv").notes
     assert any("have test rows but no training rows" in n for n in notes)
     assert any("groups have no test rows" in n for n in notes)
+
+
+def test_empty_bands_and_test_flags(tmp_path, table, capsys):
+    """Bins that cover no value get a note; --test with --test-fraction is refused, not half-ignored."""
+    ds = load_table(table, "approved", "race,age:bins=18,200,300")
+    assert any("'age': the bands <18, 200-300, 300+ hold no rows" in n for n in ds.notes)
+    assert not any("bands" in n for n in load_table(table, "approved", "race,age:bins=30,50").notes)
+    for argv in (
+        ["run", "--data", str(table), "--label", "approved", "--groups", "race", "--test", str(table), "--test-fraction", "0.3"],
+        ["run", "--dataset", "adult", "--test-fraction", "0.3"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--output", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "--test-fraction" in err and "Traceback" not in err
