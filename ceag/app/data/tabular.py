@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: not at `ceag --help`
+    import pandas as pd
 
 __all__ = ["AGE_BANDS", "age_band", "cross_groups", "encode"]
 
@@ -34,6 +37,8 @@ def encode(
     per ``categorical`` column named ``"column=value"``. Statistics and vocabularies come from
     ``train`` only.
     """
+    import pandas as pd
+
     blocks_tr: list[np.ndarray] = []
     blocks_te: list[np.ndarray] = []
     names: list[str] = []
@@ -81,6 +86,8 @@ def cross_groups(
     order given (the last attribute varies fastest) and the name joins the values with "/".
     Raises ValueError naming the attribute when a value is outside its vocabulary.
     """
+    import pandas as pd
+
     ids: np.ndarray | None = None
     for attr, values, vocab in attributes:
         values = np.asarray(values)
