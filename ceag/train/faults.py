@@ -25,14 +25,23 @@ def nonfinite(
         values["multipliers"] = multipliers.detach().float().sum().to(loss.device)
     grads = [p.grad for p in params if p.grad is not None]
     if grads:
-        values["gradients"] = torch.nn.utils.get_total_norm(grads).float().to(loss.device)
-    total = sum(v * 0 for v in values.values())  # NaN iff some value is NaN / Inf
+        values["gradients"] = _grad_norm(grads).float().to(loss.device)
+    total = torch.stack(list(values.values())).mul(0).sum()  # NaN iff some value is NaN / Inf
     if across_ranks and rank_and_world()[1] > 1:  # every rank takes the same decision
         total = total.clone()
         torch.distributed.all_reduce(total)
     if math.isfinite(total):
         return []
     return [name for name, v in values.items() if not math.isfinite(v)] or ["values on another rank"]
+
+
+def _grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The gradients' total norm (non-finite iff one of them is): one fused ``_foreach_norm``
+    when they share a device and dtype (half the time of ``get_total_norm`` on adult's MLP)."""
+    first = grads[0]
+    if all(g.device == first.device and g.dtype == first.dtype and g.layout == torch.strided for g in grads):
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.nn.utils.get_total_norm(grads)
 
 
 def listing(names: Sequence[str]) -> str:
