@@ -13,9 +13,7 @@ Issue 22 asks the ratio to be at most 3.
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+import script_results
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 REPS = 3
 
 
@@ -63,26 +60,8 @@ def main() -> None:
         for rep in range(REPS):
             times["plain"].append(_seconds([sys.executable, str(HERE / "small_table" / "plain_loop.py")], work))
             times["ceag run"].append(_seconds([*run, "--output", f"runs{rep}"], work))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-        "unknown CPU",
-    )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu-small_table.json").write_text(
-        json.dumps({"cpu": cpu, "torch": torch.__version__, "seconds": times}, indent=1)
-    )
-    lines = [
-        "# cpu-small_table",
-        "",
-        f"Machine: {cpu}, OMP_NUM_THREADS=1, torch {torch.__version__}; {REPS} alternating repetitions, wall seconds",
-        "",
-        "| command | median (s) | min (s) | vs plain |",
-        "|---|---|---|---|",
-        *(f"| {k} | {med[k]:.2f} | {min(v):.2f} | {med[k] / med['plain']:.2f}x |" for k, v in times.items()),
-    ]
-    (RESULTS / "cpu-small_table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    note = f"OMP_NUM_THREADS=1 in both; {REPS} alternating repetitions, wall time"
+    print(script_results.write("small_table", times, unit="s", what="command", baseline="plain", note=note))
 
 
 if __name__ == "__main__":

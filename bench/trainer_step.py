@@ -14,12 +14,9 @@ process; the table gives each one's median and its ratio to ``plain``'s.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import time
-from pathlib import Path
 
+import script_results
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +26,6 @@ from ceag.models import build_model
 from ceag.train import TrainConfig, Trainer
 
 N, D, G, B, HIDDEN = 32561, 105, 40, 256, (512, 512)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _data() -> TensorDataset:
@@ -91,25 +87,8 @@ def main() -> None:
         times["plain"].append(plain_ms(data))
         for method in ("nft", "ceag"):
             times[method].append(trainer_ms(method, data))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
-        platform.processor(),
-    )
-    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "reps": args.reps, "ms_per_step": times}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu-trainer_step.json").write_text(json.dumps(info, indent=1))
-    lines = [
-        "# cpu-trainer_step",
-        "",
-        f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}; {args.reps} alternating repetitions",
-        "",
-        "| step | median (ms) | min (ms) | vs plain |",
-        "|---|---|---|---|",
-        *(f"| {k} | {med[k]:.2f} | {min(v):.2f} | {med[k] / med['plain']:.2f}x |" for k, v in times.items()),
-    ]
-    (RESULTS / "cpu-trainer_step.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    note = f"{args.reps} alternating repetitions"
+    print(script_results.write("trainer_step", times, unit="ms", what="step", baseline="plain", note=note))
 
 
 if __name__ == "__main__":
