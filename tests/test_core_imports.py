@@ -92,3 +92,18 @@ def test_constant_result_marks_a_function_as_torch_does():
     torch.compiler.assume_constant_result(theirs)
     marks = {k: v for k, v in vars(theirs).items()}
     assert marks and marks == vars(ours)
+
+
+def test_kernels_import_nothing_from_the_op_layer():
+    """ceag/kernels (Triton) sits below ceag/ops: it once imported register_*_autograd back from
+    ceag.ops (a hidden cycle; issue 25). The op families register every backend's ops now."""
+    import ast
+    from pathlib import Path
+
+    import ceag
+
+    for path in sorted((Path(ceag.__file__).parent / "kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n == "ceag.ops" or n.startswith("ceag.ops.") for n in names), f"{path.name} imports {names}"

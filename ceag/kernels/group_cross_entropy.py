@@ -446,19 +446,11 @@ def weighted_group_cross_entropy_triton(
     return forward(logits, target, group, group_weight.shape[0], label_smoothing, ignore_index, group_weight)
 
 
-def _register_autograd() -> None:
-    from ceag.ops.group_cross_entropy import register_group_cross_entropy_autograd
-
-    opaque_under_interpreter(
-        group_cross_entropy_triton,
-        group_cross_entropy_backward_triton,
-        weighted_group_cross_entropy_triton,
-    )
-    register_group_cross_entropy_autograd(
-        torch.ops.ceag.group_cross_entropy_triton,
-        torch.ops.ceag.group_cross_entropy_backward_triton,
-        torch.ops.ceag.weighted_group_cross_entropy_triton,
-    )
-
-
-_register_autograd()
+# Opaque to the Triton interpreter's tracing; the fake kernels and autograd of these ops are
+# registered by their OpFamily (ceag/ops/group_cross_entropy.py) when dispatch first routes
+# to "triton", so this module imports nothing from the layer above.
+opaque_under_interpreter(
+    group_cross_entropy_triton,
+    group_cross_entropy_backward_triton,
+    weighted_group_cross_entropy_triton,
+)

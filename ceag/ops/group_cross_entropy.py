@@ -37,7 +37,7 @@ from ceag.ops import reference
 from ceag.ops._checks import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_num_groups, check_tensor
 from ceag.ops._registry import OpFamily, dispatch, register_family
 
-__all__ = ["GroupCrossEntropy", "group_cross_entropy", "register_group_cross_entropy_autograd"]
+__all__ = ["GroupCrossEntropy", "group_cross_entropy"]
 
 
 class GroupCrossEntropy(NamedTuple):
@@ -130,18 +130,6 @@ GROUP_CROSS_ENTROPY = register_family(
         autograd=_register_autograd,
     )
 )
-
-
-def register_group_cross_entropy_autograd(forward_op: Any, backward_op: Any, weighted_op: Any, *, fake: bool = True) -> None:
-    """Register autograd (and, unless ``fake=False``, fake kernels) for one backend's ops.
-
-    The three ops must have the schemas of ``ceag::group_cross_entropy``,
-    ``ceag::group_cross_entropy_backward`` and ``ceag::weighted_group_cross_entropy``
-    (csrc/ceag.cpp); ``loss_sum`` and ``lse`` are float32, or float64 for float64 logits.
-    Ops may be given as ``torch.ops.ceag.x``, an overload, a custom-op object or "ceag::x";
-    ``ceag.kernels.group_cross_entropy`` calls this for its Triton ops. Idempotent.
-    """
-    GROUP_CROSS_ENTROPY.register((forward_op, backward_op, weighted_op), fake=fake)
 
 
 # weighted_loss = sum_g w_g * loss_sum_g, whose gradient w.r.t. logits was already written by

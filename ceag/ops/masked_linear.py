@@ -32,7 +32,6 @@ __all__ = [
     "MaskLayout",
     "cpu_layout",
     "masked_linear",
-    "register_masked_linear_autograd",
 ]
 
 #: Mask density (kept fraction) at or above which the CPU kernel takes its dense path.
@@ -155,16 +154,6 @@ MASKED_LINEAR = register_family(
         autograd=_register_autograd,
     )
 )
-
-
-def register_masked_linear_autograd(forward_op, grad_input_op, grad_weight_op) -> None:
-    """Register fake kernels and autograd for one backend's three masked linear ops.
-
-    The ops must have the schemas of ``ceag::masked_linear``, ``ceag::masked_linear_grad_input``
-    and ``ceag::masked_linear_grad_weight`` (csrc/ceag.cpp); ``ceag.kernels.masked_linear``
-    calls this for its Triton ops. Idempotent (:meth:`OpFamily.register`).
-    """
-    MASKED_LINEAR.register((forward_op, grad_input_op, grad_weight_op))
 
 
 def _check_inputs(x, weight, mask, bias, layout) -> None:
