@@ -28,7 +28,7 @@ kernels and autograd formulas of the forward, backward and weighted ops of each 
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
