@@ -41,6 +41,9 @@ class OpFamily:
     reference: Callable[..., Any]  # ceag.ops.reference: the spec every backend is tested against
     fake: tuple[Callable[..., Any], ...]  # fake (meta) kernel of each op
     autograd: Callable[..., None] | None = None  # autograd(*ops): registers the backward
+    # Backends this family has no kernels for and answers with its reference (compact_linear
+    # on CUDA until its GPU kernels land); dispatch routes them to "reference".
+    reference_on: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not len(self.compiled) == len(self.fake) > 0 or len(self.triton) not in (0, len(self.compiled)):
@@ -95,6 +98,8 @@ def dispatch(family: OpFamily, backend: str | None, device: torch.device) -> Rou
     For "reference" the ops are empty: call ``family.reference``.
     """
     chosen = resolve_backend(backend, device)
+    if chosen in family.reference_on:
+        chosen = "reference"
     return Route(chosen, () if chosen == "reference" else family.ops(chosen))
 
 

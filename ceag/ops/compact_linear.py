@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from ceag.ops import reference
-from ceag.ops._backend import resolve_backend
 from ceag.ops._checks import FLOAT_DTYPES, as_rows, check_bias, check_tensor
-from ceag.ops._registry import OpFamily, register_family
+from ceag.ops._registry import OpFamily, dispatch, register_family
 
 __all__ = ["CompactLayout", "compact_linear"]
 
@@ -176,11 +175,12 @@ COMPACT_LINEAR = register_family(
     OpFamily(
         name="compact_linear",
         compiled=("compact_linear", "compact_linear_grad_input", "compact_linear_grad_values"),
-        triton=(),  # GPU: the reference runs (the GPU issue brings fused kernels)
+        triton=(),
         triton_module="",
         reference=reference.compact_linear,
         fake=(_forward_fake, _grad_input_fake, _grad_values_fake),
         autograd=_register_autograd,
+        reference_on=("cuda", "triton"),  # GPU: the reference runs (the GPU issue brings fused kernels)
     )
 )
 
@@ -215,8 +215,9 @@ def compact_linear(
     check_bias(bias, n, x)
     lead = x.shape[:-1]
     x2 = as_rows(x, k)
-    if resolve_backend(backend, x.device) == "cpp":
-        y = COMPACT_LINEAR.ops("cpp")[0](x2, values.contiguous(), *layout.tensors(), bias)
+    route = dispatch(COMPACT_LINEAR, backend, x.device)
+    if route.ops:
+        y = route.ops[0](x2, values.contiguous(), *layout.tensors(), bias)
     else:
         y = COMPACT_LINEAR.reference(x2, values, layout.row_ptr, layout.col_idx, k, bias)
     return y.reshape(*lead, n)

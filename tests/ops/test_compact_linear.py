@@ -172,3 +172,15 @@ def test_bad_csr_is_refused():
         lay = CompactLayout.from_mask(torch.ones(2, 2, dtype=torch.bool))
         bad = torch.tensor([0, 1, 2, 9], dtype=torch.int32)
         torch.ops.ceag.compact_linear_grad_input(torch.ones(1, 2), torch.ones(4), lay.col_ptr, lay.row_idx, bad)
+
+
+def test_compact_linear_goes_through_dispatch_and_gpu_backends_run_the_reference(monkeypatch):
+    """compact_linear once chose its face itself (issue 25); dispatch now routes it, and the
+    backends it has no kernels for ("cuda", "triton") come back as its reference."""
+    import ceag.ops._registry as registry
+    from ceag.ops.compact_linear import COMPACT_LINEAR
+
+    assert registry.dispatch(COMPACT_LINEAR, "cpp", torch.device("cpu")).backend == "cpp"
+    for backend in ("cuda", "triton"):
+        monkeypatch.setattr(registry, "resolve_backend", lambda b, d, chosen=backend: chosen)
+        assert registry.dispatch(COMPACT_LINEAR, backend, torch.device("cpu")) == registry.Route("reference", ())
