@@ -347,6 +347,70 @@ def _encoder(train, features: Sequence[str], impute: str):
     ), categorical
 
 
+def _feature_columns(train_df, test_df, label: str, columns, features, paths) -> tuple[list[str], dict[str, int]]:
+    """The feature columns (``features``, else every column but the label, less identifier-like
+    text columns) and those left out; every named column checked to exist in both files."""
+    path, test = paths
+    for df, what in ((train_df, f"data file {path}"), (test_df, f"test file {test}")):
+        if df is None:
+            continue
+        for col in [label, *(c.name for c in columns), *(features or ())]:
+            if col not in df.columns:
+                raise UsageError(f"{what} has no column {col!r}; its columns are {list(df.columns)}")
+    if label in {c.name for c in columns}:
+        raise UsageError(f"the label column {label!r} is also a group column")
+    feats = list(features) if features is not None else [c for c in train_df.columns if c != label]
+    if label in feats:
+        raise UsageError(f"the label column {label!r} cannot be a feature")
+    if not feats:
+        raise UsageError("no feature columns: the table holds only the label")
+    feats, dropped = _without_identifiers(train_df, feats, chosen=features is not None, where=f"data file {path}")
+    if not feats:
+        raise UsageError(f"no feature columns left: {_dropped_text(dropped)}")
+    if test_df is not None:
+        lacking = [f for f in feats if f not in test_df.columns]
+        if lacking:
+            raise UsageError(f"test file {test} has no column {lacking[0]!r}, a feature of data file {path}")
+    return feats, dropped
+
+
+def _split_rows(train_df, test_df, columns, missing_groups: str, test_fraction: float, seed: int, paths):
+    """(train rows, test rows, their group names): the test file's, or ``test_fraction`` of
+    every group drawn with ``seed``."""
+    path, test = paths
+    if test_df is None:
+        names = _group_values(train_df, columns, missing_groups, f"data file {path}")
+        _check_group_count(names, columns)
+        is_test = _split(names, test_fraction, seed)
+        test_df, train_df = train_df[is_test].reset_index(drop=True), train_df[~is_test].reset_index(drop=True)
+        test_names = [n for n, t in zip(names, is_test) if t]
+        train_names = [n for n, t in zip(names, is_test) if not t]
+    else:
+        train_names = _group_values(train_df, columns, missing_groups, f"data file {path}")
+        test_names = _group_values(test_df, columns, missing_groups, f"test file {test}")
+    if len(train_df) == 0:
+        raise UsageError(f"data file {path}: no training rows left after the test split")
+    return train_df, test_df, train_names, test_names
+
+
+def _checked_features(train_df, test_df, feats: Sequence[str], columns, missing_groups: str, impute: str, where):
+    """Both splits with a missing group value as its own level where the group column is a
+    feature; numeric features checked; missing feature values refused unless imputed."""
+    if missing_groups == "level":
+        fill = {c.name: _MISSING_LEVEL for c in columns if c.name in feats and not _is_numeric(train_df[c.name])}
+        train_df, test_df = train_df.fillna(fill), test_df.fillna(fill)
+    _check_numeric(train_df, test_df, feats, where)
+    for df, w in zip((train_df, test_df), where):
+        bad = [f for f in feats if df[f].isna().any()] if impute == "refuse" else []
+        if bad:
+            raise UsageError(
+                f"feature column {bad[0]!r} has {int(df[bad[0]].isna().sum())} missing values in {w}"
+                + (f" (and {len(bad) - 1} more columns)" if len(bad) > 1 else "")
+                + "; use --impute mean, or clean the table"
+            )
+    return train_df, test_df
+
+
 def load_table(
     path: str | os.PathLike,
     label: str,
@@ -374,53 +438,12 @@ def load_table(
     columns = parse_group_columns(groups)
     train_df = _read(path, "data file")
     test_df = _read(test, "test file") if test is not None else None
-    for df, what in ((train_df, f"data file {path}"), (test_df, f"test file {test}")):
-        if df is None:
-            continue
-        for col in [label, *(c.name for c in columns), *(features or ())]:
-            if col not in df.columns:
-                raise UsageError(f"{what} has no column {col!r}; its columns are {list(df.columns)}")
-    group_cols = {c.name for c in columns}
-    if label in group_cols:
-        raise UsageError(f"the label column {label!r} is also a group column")
-    feats = list(features) if features is not None else [c for c in train_df.columns if c != label]
-    if label in feats:
-        raise UsageError(f"the label column {label!r} cannot be a feature")
-    if not feats:
-        raise UsageError("no feature columns: the table holds only the label")
-    feats, dropped = _without_identifiers(train_df, feats, chosen=features is not None, where=f"data file {path}")
-    if not feats:
-        raise UsageError(f"no feature columns left: {_dropped_text(dropped)}")
-
-    if test_df is None:
-        names = _group_values(train_df, columns, missing_groups, f"data file {path}")
-        _check_group_count(names, columns)
-        is_test = _split(names, test_fraction, seed)
-        test_df, train_df = train_df[is_test].reset_index(drop=True), train_df[~is_test].reset_index(drop=True)
-        test_names = [n for n, t in zip(names, is_test) if t]
-        train_names = [n for n, t in zip(names, is_test) if not t]
-    else:
-        train_names = _group_values(train_df, columns, missing_groups, f"data file {path}")
-        test_names = _group_values(test_df, columns, missing_groups, f"test file {test}")
-    if len(train_df) == 0:
-        raise UsageError(f"data file {path}: no training rows left after the test split")
+    feats, dropped = _feature_columns(train_df, test_df, label, columns, features, (path, test))
+    train_df, test_df, train_names, test_names = _split_rows(
+        train_df, test_df, columns, missing_groups, test_fraction, seed, (path, test)
+    )
     where = (f"data file {path}", f"test file {test}" if test is not None else "the test split")
-    lacking = [f for f in feats if f not in test_df.columns]
-    if lacking:
-        raise UsageError(f"test file {test} has no column {lacking[0]!r}, a feature of data file {path}")
-    if missing_groups == "level":  # a group column's missing value is its own level as a feature too
-        fill = {c.name: _MISSING_LEVEL for c in columns if c.name in feats and not _is_numeric(train_df[c.name])}
-        train_df, test_df = train_df.fillna(fill), test_df.fillna(fill)
-    _check_numeric(train_df, test_df, feats, where)
-    for df, w in zip((train_df, test_df), where):
-        if impute == "refuse":
-            bad = [f for f in feats if df[f].isna().any()]
-            if bad:
-                raise UsageError(
-                    f"feature column {bad[0]!r} has {int(df[bad[0]].isna().sum())} missing values in {w}"
-                    + (f" (and {len(bad) - 1} more columns)" if len(bad) > 1 else "")
-                    + "; use --impute mean, or clean the table"
-                )
+    train_df, test_df = _checked_features(train_df, test_df, feats, columns, missing_groups, impute, where)
     y_train, y_test, class_names = _labels(train_df, test_df, label, where)
     unseen = sorted(set(y_test.tolist()) - set(y_train.tolist()))
     if unseen:
