@@ -133,6 +133,46 @@ def _pixels(root: Path, files: Sequence[str], size: tuple[int, int] | None, grey
     return np.stack(out), size  # type: ignore[return-value]
 
 
+def _attribute_rows(attributes, columns, wanted: list[str]):
+    """The attributes CSV indexed by file, with the ``class`` column; one row per image in
+    ``wanted`` and no other, every group column present (each error names the file)."""
+    table = _read(attributes, "attributes file")
+    if "file" not in table.columns:
+        raise UsageError(f"attributes file {attributes} has no 'file' column (each image's path relative to the folder)")
+    for col in columns:
+        if col.name != CLASS_COLUMN and col.name not in table.columns:
+            raise UsageError(f"attributes file {attributes} has no column {col.name!r}; its columns are {list(table.columns)}")
+    table["file"] = table["file"].astype(str).str.replace("\\\\", "/", regex=False)
+    if table["file"].duplicated().any():
+        raise UsageError(f"attributes file {attributes}: {table['file'][table['file'].duplicated()].iloc[0]!r} has two rows")
+    table = table.set_index("file")
+    missing = [f for f in wanted if f not in table.index]
+    if missing:
+        raise UsageError(f"attributes file {attributes} has no row for {len(missing)} image(s), e.g. {missing[0]!r}")
+    extra = sorted(set(table.index) - set(wanted))
+    if extra:
+        raise UsageError(f"attributes file {attributes} names {len(extra)} file(s) not in the folder(s), e.g. {extra[0]!r}")
+    table[CLASS_COLUMN] = [f.split("/", 1)[0] for f in table.index]
+    return table
+
+
+def _standardised_pixels(splits, size):
+    """(train, test) pixels standardised per channel with the training images' mean and std,
+    and the size used (the first training image's when ``size`` is None)."""
+    (root, train_files), (test_root, test_files) = splits
+    grey = _all_grey(splits)
+    from_first = size is None
+    if from_first:
+        with _open(root / train_files[0]) as im:
+            size = (im.height, im.width)
+    _check_memory(len(train_files) + len(test_files), grey, size, from_first)
+    x_train, size = _pixels(root, train_files, size, grey)
+    x_test = _pixels(test_root, test_files, size, grey)[0] if test_files else np.zeros((0, *x_train.shape[1:]), np.float32)
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
+    std = np.maximum(x_train.std(axis=(0, 2, 3), keepdims=True), 1e-6)
+    return tuple(((x - mean) / std).astype(np.float32) for x in (x_train, x_test)), size
+
+
 def load_images(
     path: str | os.PathLike,
     attributes: str | os.PathLike,
@@ -163,25 +203,8 @@ def load_images(
         unknown = sorted(set(test_classes) - set(classes))
         if unknown:
             raise UsageError(f"test folder {test} has classes the image folder lacks: {unknown}")
-    table = _read(attributes, "attributes file")
-    if "file" not in table.columns:
-        raise UsageError(f"attributes file {attributes} has no 'file' column (each image's path relative to the folder)")
     columns = parse_group_columns(groups)
-    for col in columns:
-        if col.name != CLASS_COLUMN and col.name not in table.columns:
-            raise UsageError(f"attributes file {attributes} has no column {col.name!r}; its columns are {list(table.columns)}")
-    table["file"] = table["file"].astype(str).str.replace("\\\\", "/", regex=False)
-    if table["file"].duplicated().any():
-        raise UsageError(f"attributes file {attributes}: {table['file'][table['file'].duplicated()].iloc[0]!r} has two rows")
-    table = table.set_index("file")
-    wanted = files + test_files
-    missing = [f for f in wanted if f not in table.index]
-    if missing:
-        raise UsageError(f"attributes file {attributes} has no row for {len(missing)} image(s), e.g. {missing[0]!r}")
-    extra = sorted(set(table.index) - set(wanted))
-    if extra:
-        raise UsageError(f"attributes file {attributes} names {len(extra)} file(s) not in the folder(s), e.g. {extra[0]!r}")
-    table[CLASS_COLUMN] = [f.split("/", 1)[0] for f in table.index]
+    table = _attribute_rows(attributes, columns, files + test_files)
 
     names = _group_values(table.loc[files].reset_index(), columns, missing_groups, f"attributes file {attributes}")
     if test is None:
@@ -202,19 +225,11 @@ def load_images(
     cid = {c: i for i, c in enumerate(classes)}
 
     size = tuple(int(s) for s in image_size) if image_size is not None else None
-    grey = _all_grey([(root, train_files), (test_root, test_files)])
-    if size is None:
-        with _open(root / train_files[0]) as im:
-            size = (im.height, im.width)
-    _check_memory(len(train_files) + len(test_files), grey, size, image_size is None)
-    x_train, size = _pixels(root, train_files, size, grey)
-    x_test = _pixels(test_root, test_files, size, grey)[0] if test_files else np.zeros((0, *x_train.shape[1:]), np.float32)
-    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
-    std = np.maximum(x_train.std(axis=(0, 2, 3), keepdims=True), 1e-6)
+    (x_train, x_test), size = _standardised_pixels([(root, train_files), (test_root, test_files)], size)
 
     def split(x, fs, ns):
         return TensorDataset(
-            torch.from_numpy(((x - mean) / std).astype(np.float32)),
+            torch.from_numpy(x),
             torch.tensor([cid[f.split("/", 1)[0]] for f in fs], dtype=torch.int64),
             torch.tensor([gid[n] for n in ns], dtype=torch.int64),
         )
