@@ -107,8 +107,8 @@ class CEAG(ConstrainedMethod):
 
     @property
     def dual_target(self) -> float:
-        """The bound the dual step enforces on ψ̂_g: (1 − margin) ε (plus κ · se_g per group
-        with ``group_slack``)."""
+        """The bound the dual step enforces on ψ̂_g: (1 − margin) ε; with ``group_slack`` each
+        group's adds κ times its size unit."""
         return (1.0 - self.margin) * self.tolerance
 
     def _move_constants(self, device: torch.device) -> None:

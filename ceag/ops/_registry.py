@@ -9,7 +9,8 @@ and hands back that backend's ops, registered on first use.
 
 The compiled ops exist only once ``ceag._C`` is loaded (lazily, ceag/_extension.py), so their
 fake kernels and autograd are registered by a hook the loader runs; the Triton ops get theirs
-when their module is first imported.
+when :func:`dispatch` first routes to "triton" (after importing their module, which imports
+nothing from here).
 """
 
 from __future__ import annotations
@@ -59,27 +60,19 @@ class OpFamily:
         _load_ops(self.name, kind)
         return _OPS[(self.name, kind)]
 
-    def register(self, ops: tuple[Any, ...], *, fake: bool = True) -> None:
-        """Register fake kernels (unless ``fake=False``) and autograd for one backend's ops.
-
-        Ops may be OpOverloads, packets (``torch.ops.ceag.x``), custom-op objects or
-        "ceag::x" names. Idempotent per backend (keyed on the first op's name).
-        """
-        resolved = tuple(_overload(op) for op in ops)
-        key = resolved[0]._schema.name
-        with _LOCK:
-            if key in _REGISTERED:
-                return
-            if fake:
-                for op, fake_fn in zip(resolved, self.fake, strict=True):
-                    torch.library.register_fake(op._schema.name, fake_fn)
-            if self.autograd is not None:
-                self.autograd(*resolved)
-            _REGISTERED.add(key)
-
     def _register_ops(self, names: tuple[str, ...], kind: str) -> tuple[OpOverload, ...]:
+        """The ops ``names`` of ``torch.ops.ceag`` as ``kind`` ("compiled" or "triton"), with
+        their fake kernels and autograd registered (once per backend: the family is the only
+        registrar)."""
         ops = tuple(getattr(torch.ops.ceag, name).default for name in names)
-        self.register(ops)
+        key = ops[0]._schema.name
+        with _LOCK:
+            if key not in _REGISTERED:
+                for op, fake_fn in zip(ops, self.fake, strict=True):
+                    torch.library.register_fake(op._schema.name, fake_fn)
+                if self.autograd is not None:
+                    self.autograd(*ops)
+                _REGISTERED.add(key)
         _OPS[(self.name, kind)] = ops
         return ops
 
@@ -132,24 +125,3 @@ def register_family(family: OpFamily) -> OpFamily:
     FAMILIES[family.name] = family
     _extension.on_load(lambda: family._register_ops(family.compiled, "compiled"))
     return family
-
-
-def _qualname(op: Any) -> str:
-    if isinstance(op, str):
-        return op
-    if isinstance(op, OpOverload):
-        return op._schema.name
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        return op._qualified_op_name
-    name = getattr(op, "_qualname", None)  # torch.library.custom_op / triton_op objects
-    if isinstance(name, str):
-        return name
-    raise TypeError(f"expected a torch op or its qualified name, got {op!r}")
-
-
-def _overload(op: Any) -> OpOverload:
-    """The callable OpOverload of ``op`` (a packet, an overload, a custom-op object or a name)."""
-    if isinstance(op, OpOverload):
-        return op
-    ns, name = _qualname(op).split("::")
-    return getattr(getattr(torch.ops, ns), name).default

@@ -43,6 +43,10 @@ class _Stop(Exception):
     pass
 
 
+#: The checkpoint entries that differ between the processes of a data-parallel run.
+_RANK_KEYS = ("method", "accum", "rng")
+
+
 class Trainer:
     """Runs a :class:`TrainConfig` on a model and data sets; see the module docstring.
 
@@ -506,19 +510,21 @@ class Trainer:
             write_history(self.output_dir, self.config.to_dict(), self.history)
 
     def state_dict(self) -> dict[str, Any]:
+        return {**self._shared_state(), **self._rank_state()}
+
+    def _shared_state(self) -> dict[str, Any]:
+        """The state every process of a data-parallel run holds alike (:meth:`_rank_state`: the rest)."""
         return {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "batch": self.batch,
             "global_step": self.global_step,
-            "accum": dict(self._accum),
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "dense_optimizer": self.dense_optimizer.state_dict(),
             "dense_scheduler": self.dense_scheduler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "method": self.method.state_dict() if self.method is not None else None,
             "dense_stats": self.dense_stats.state_dict() if self.dense_stats is not None else None,
             "dense_test_stats": self.dense_test_stats.state_dict() if self.dense_test_stats is not None else None,
             "dense_val_stats": self.dense_val_stats.state_dict() if self.dense_val_stats is not None else None,
@@ -526,7 +532,6 @@ class Trainer:
                 k: {"correct": v.correct.clone(), "group": v.group.clone()} for k, v in self.dense_outcomes.items()
             },
             "history": [dict(r) for r in self.history],
-            "rng": rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -584,7 +589,7 @@ class Trainer:
                     f"an older ceag), and each of the {self.world_size} processes keeps its own; "
                     "resume it with one process, or start the run again"
                 )
-            return {"method": state["method"], "accum": state["accum"], "rng": state["rng"]}
+            return {k: state[k] for k in _RANK_KEYS}
         if len(ranks) != self.world_size:
             raise ValueError(
                 f"cannot resume: the checkpoint was written by {len(ranks)} processes, this job has {self.world_size}; "
@@ -593,8 +598,8 @@ class Trainer:
         return ranks[self.rank]
 
     def _rank_state(self) -> dict[str, Any]:
-        """What differs between the processes of a data-parallel run: each rank's replay
-        buffers (filled from its own slice of every batch), epoch sums and random state."""
+        """What differs between the processes of a data-parallel run (:data:`_RANK_KEYS`): each
+        rank's replay buffers (filled from its own slice of every batch), epoch sums and RNG."""
         return {
             "method": self.method.state_dict() if self.method is not None else None,
             "accum": dict(self._accum),
@@ -604,13 +609,14 @@ class Trainer:
     def _checkpoint_state(self) -> dict[str, Any] | None:
         """The state to save, on rank 0 (None elsewhere); with several processes it holds
         every rank's :meth:`_rank_state` under ``"ranks"`` (a collective: every rank calls it)."""
+        mine = self._rank_state()
         ranks = None
         if self.world_size > 1:
             ranks = [None] * self.world_size
-            torch.distributed.all_gather_object(ranks, self._rank_state())
+            torch.distributed.all_gather_object(ranks, mine)
         if not self.is_main:
             return None
-        state = self.state_dict()
+        state = {**self._shared_state(), **mine}
         if ranks is not None:
             state["ranks"] = ranks
         return state

@@ -111,14 +111,14 @@ def _integer_flag(flag: str, value: str) -> int:
 
 def data_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """(dataset name, dataset options) from the data flags; ValueError naming a flag."""
+    from ceag.app.data.table import DEFAULT_TEST_FRACTION  # not at import: `ceag --help` stays light
+
     args.dataset_given = args.dataset is not None
     args.dataset = args.dataset or "adult"
     options: dict[str, Any] = {}
     dataset = args.dataset
     table_flags = ("label", "features")
     image_flags = ("attributes", "image_size")
-    from ceag.app.data.table import DEFAULT_TEST_FRACTION
-
     if args.test is not None and args.test_fraction is not None:
         raise ValueError("--test and --test-fraction: give one (with --test, the test file is the test split)")
     test_fraction = args.test_fraction if args.test_fraction is not None else DEFAULT_TEST_FRACTION

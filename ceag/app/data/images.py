@@ -14,8 +14,9 @@
   special column ``class`` makes the class the group (as CIFAR-100 in the paper). Every
   image needs a row, and every row an image: either mismatch is an error naming a file.
 - **Pixels.** Images are read with Pillow, converted to RGB (or to greyscale when all are
-  greyscale; 16-bit greyscale keeps its depth, scaled by 65535), resized to ``image_size`` (default: the first image's size), scaled to [0, 1]
-  and standardised per channel with the training images' mean and std.
+  greyscale; 16-bit greyscale keeps its depth, scaled by 65535), resized to ``image_size``
+  (default: the first image's size), scaled to [0, 1] and standardised per channel with the
+  training images' mean and std.
 - **Split.** ``test`` (a second folder with the same classes, its files in the same CSV),
   or ``test_fraction`` of every group drawn with ``seed``.
 """
@@ -120,17 +121,16 @@ def _check_memory(n: int, grey: bool, size: tuple[int, int], from_first: bool) -
         )
 
 
-def _pixels(root: Path, files: Sequence[str], size: tuple[int, int] | None, grey: bool) -> tuple[np.ndarray, tuple[int, int]]:
+def _pixels(root: Path, files: Sequence[str], size: tuple[int, int], grey: bool) -> np.ndarray:
     out = []
     for f in files:
         with _open(root / f) as im:
-            size = size or (im.height, im.width)
             try:
                 a = _to_array(im, grey, size)
             except (OSError, ValueError) as err:
                 raise UsageError(f"image {root / f} cannot be read: {err}") from None
         out.append(a[None] if grey else a.transpose(2, 0, 1))
-    return np.stack(out), size  # type: ignore[return-value]
+    return np.stack(out)
 
 
 def _attribute_rows(attributes, columns, wanted: list[str]):
@@ -166,8 +166,8 @@ def _standardised_pixels(splits, size):
         with _open(root / train_files[0]) as im:
             size = (im.height, im.width)
     _check_memory(len(train_files) + len(test_files), grey, size, from_first)
-    x_train, size = _pixels(root, train_files, size, grey)
-    x_test = _pixels(test_root, test_files, size, grey)[0] if test_files else np.zeros((0, *x_train.shape[1:]), np.float32)
+    x_train = _pixels(root, train_files, size, grey)
+    x_test = _pixels(test_root, test_files, size, grey) if test_files else np.zeros((0, *x_train.shape[1:]), np.float32)
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = np.maximum(x_train.std(axis=(0, 2, 3), keepdims=True), 1e-6)
     return tuple(((x - mean) / std).astype(np.float32) for x in (x_train, x_test)), size

@@ -16,7 +16,7 @@
   feature values are refused, naming the column (``impute="refuse"``), or imputed from the
   training rows (``"mean"``: numeric mean, categorical most frequent). When ``features`` is
   not given, text columns with a distinct value in most rows (identifiers) are left out, and
-  the data set's description names them; named in ``features`` they are refused.
+  the data set's ``notes`` name them; named in ``features`` they are refused.
 - **Label.** Classification: the label's distinct values are the classes (sorted). A label
   with one class, missing labels, or non-integer numbers (a regression target) are refused.
 
@@ -229,11 +229,11 @@ def _check_numeric(train, test, feats: Sequence[str], where: tuple[str, str]) ->
             text = df[f].notna() & values.isna()
             if text.any():
                 raise UsageError(f"feature column {f!r} is numeric in {where[0]} but holds {df[f][text].iloc[0]!r} in {w}")
-            bad = ~np.isfinite(values.to_numpy(dtype=float)) & values.notna().to_numpy()
-            bad |= np.abs(np.nan_to_num(values.to_numpy(dtype=float))) > _MAX_ABS_VALUE
+            number = values.to_numpy(dtype=float)
+            bad = np.isinf(number) | (np.abs(number) > _MAX_ABS_VALUE)  # NaN (missing) is neither
             if bad.any():
                 raise UsageError(
-                    f"feature column {f!r} holds {float(values[bad].iloc[0]):g} in {w}: values must be finite and at most "
+                    f"feature column {f!r} holds {number[bad][0]:g} in {w}: values must be finite and at most "
                     f"{_MAX_ABS_VALUE:g} in size (rescale the column, or leave it out with --features)"
                 )
 
@@ -242,13 +242,7 @@ def _without_identifiers(df, feats: list[str], *, chosen: bool, where: str) -> t
     """``feats`` less the text columns that look like identifiers, and those dropped (name ->
     distinct values). Columns the user chose with ``features`` are refused instead of dropped;
     a one-hot width over :data:`MAX_ENCODED_COLUMNS` is refused naming the widest columns."""
-    import pandas as pd
-
-    levels = {
-        f: int(df[f].nunique())
-        for f in feats
-        if not (pd.api.types.is_numeric_dtype(df[f]) and not pd.api.types.is_bool_dtype(df[f]))
-    }
+    levels = {f: int(df[f].nunique()) for f in feats if not _is_numeric(df[f])}
     ids = {f: n for f, n in levels.items() if n >= max(_MIN_ID_LEVELS, _ID_SHARE * len(df))}
     if ids and chosen:
         name, n = next(iter(ids.items()))
@@ -328,13 +322,12 @@ def _dropped_text(dropped: dict[str, int]) -> str:
 
 
 def _encoder(train, features: Sequence[str], impute: str):
-    import pandas as pd
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    numeric = [f for f in features if pd.api.types.is_numeric_dtype(train[f]) and not pd.api.types.is_bool_dtype(train[f])]
+    numeric = [f for f in features if _is_numeric(train[f])]
     categorical = [f for f in features if f not in numeric]
     num_steps = [SimpleImputer(strategy="mean")] if impute == "mean" else []
     cat_steps = [SimpleImputer(strategy="most_frequent")] if impute == "mean" else []

@@ -59,11 +59,7 @@ def dense_cache_path(cfg: ExperimentConfig, data: datasets.GroupedDataset, seed:
 
 
 def dense_model(
-    cfg: ExperimentConfig,
-    data: datasets.GroupedDataset,
-    seed: int,
-    *,
-    log: Callable[[str], None] = print,
+    cfg: ExperimentConfig, data: datasets.GroupedDataset, seed: int, *, log: Callable[[str], None] = print
 ) -> nn.Module:
     """The seed's trained dense model, from ``output_root/.dense-cache`` or trained now.
 

@@ -113,13 +113,11 @@ def run_one(
     *,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
-    dense_file: str = "",
 ) -> RunResult:
     """Fine-tune a copy of ``dense`` with ``method`` to ``sparsity`` (resumes; cached).
 
     ``on_epoch_end(trainer, row)``: called after every epoch (:attr:`ceag.train.Trainer.on_epoch_end`).
-    ``dense_file``: the dense model's file name in the dense cache, recorded in metrics.json
-    for ``ceag audit RUN_DIR``.
+    metrics.json records the dense model's file in the dense cache, for ``ceag audit RUN_DIR``.
     """
     import copy
 
@@ -145,7 +143,7 @@ def run_one(
         history=trainer.history,
         seconds_per_step=timing["seconds"] / max(timing["steps"], 1),
         measured_sparsity=sparsity_report(trainer.model).masked_overall.sparsity,
-        dense_model=dense_file,
+        dense_model=dense_cache_path(cfg, data, seed).name,
     )
     if trainer.is_main:
         atomic_write(metrics, json.dumps(json_ready(result.to_dict()), allow_nan=False).encode())
@@ -338,7 +336,6 @@ def _run_experiment(
                 )
                 done = r is not None
                 if dense is None and not done:
-                    dense_path = dense_cache_path(cfg, data, seed)
                     dense = dense_model(cfg, data, seed, log=log)
                 start = time.perf_counter()
                 if r is None:
@@ -351,7 +348,6 @@ def _run_experiment(
                         seed,  # type: ignore[arg-type]
                         log=log,
                         on_epoch_end=on_epoch_end,
-                        dense_file=dense_path.name,
                     )
                 runs.append(r)
                 log(
